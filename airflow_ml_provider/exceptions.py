@@ -1,0 +1,38 @@
+"""Exceptions raised by the provider; each message names the input and where the report is."""
+
+from __future__ import annotations
+
+
+class MLProviderError(Exception):
+    """Base class of the provider's own errors."""
+
+
+class StepFailed(MLProviderError):
+    """A step ended with an error in the interpreter (or pod) that ran it."""
+
+    def __init__(self, step: str, message: str, *, last_lines: list[str] | None = None,
+                 returncode: int | None = None) -> None:
+        self.step = step
+        self.last_lines = list(last_lines or [])
+        self.returncode = returncode
+        super().__init__(message)
+
+
+class StepTimeout(StepFailed):
+    """A step ran past its timeout and was killed together with its children."""
+
+
+class MlflowConnectionError(MLProviderError):
+    """The MLflow tracking server could not be reached or refused the credentials."""
+
+
+class OptionalDependencyMissing(MLProviderError, ImportError):
+    """An extra of the provider is needed but not installed."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        self.package = package
+        self.extra = extra
+        super().__init__(
+            f"{purpose} needs the package {package!r}, which is not installed. Install the extra: "
+            f"pip install 'airflow-ml-provider[{extra}]' (in the interpreter that runs this step)."
+        )
