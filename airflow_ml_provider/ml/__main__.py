@@ -1,0 +1,176 @@
+"""Run one step: ``python -m airflow_ml_provider.ml <step> --spec FILE --result FILE``.
+
+Exit codes: 0 the result was written; 1 the step failed (traceback logged, no result file);
+2 bad arguments (missing or invalid spec file, unknown step). Logs go to stderr, so that the parent
+(``PythonRunner``) can stream them. ``--list`` prints the built-in step names.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+# Not __name__: under ``python -m`` that is "__main__", which says nothing in the parent's log.
+log = logging.getLogger("airflow_ml_provider.ml")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+
+
+class UsageError(Exception):
+    """Bad arguments: reported on one line, exit code 2."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_ml_provider.ml",
+        description="Run a step: read the JSON spec, write the JSON result.",
+    )
+    parser.add_argument("step", nargs="?", help="built-in step name or package.module:function")
+    parser.add_argument("--spec", type=Path, help="JSON file with the step's input")
+    parser.add_argument("--result", type=Path, help="where to write the step's JSON result")
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+    parser.add_argument("--list", action="store_true", help="print the built-in step names and exit")
+    return parser
+
+
+def _setup_logging(level_name: str) -> None:
+    """
+    Send log records to stderr, one line each.
+
+    :param level_name: a logging level name.
+    """
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        raise UsageError(f"--log-level {level_name!r} is not a level: use DEBUG, INFO, WARNING or ERROR.")
+    logging.basicConfig(stream=sys.stderr, format=LOG_FORMAT, level=level, force=True)
+
+
+def _read_spec(spec_file: Path) -> dict[str, Any]:
+    """
+    Read the spec file, which must hold a JSON object.
+
+    :param spec_file: the ``--spec`` file.
+    """
+    try:
+        text = spec_file.read_text(encoding="utf-8")
+    except OSError as err:
+        raise UsageError(f"cannot read the spec file {spec_file} ({err.strerror}): check --spec.") from err
+    try:
+        spec = json.loads(text)
+    except ValueError as err:
+        raise UsageError(f"the spec file {spec_file} is not valid JSON ({err}): fix its content.") from err
+    if not isinstance(spec, dict):
+        raise UsageError(f"the spec file {spec_file} must hold a JSON object, not {type(spec).__name__}.")
+    return spec
+
+
+def _check_step(step: str) -> None:
+    """
+    Resolve the step; an unknown name or a module that does not exist is a usage error.
+
+    An ``ImportError`` raised while importing an existing module propagates (a step failure).
+
+    :param step: the step name or reference.
+    """
+    from airflow_ml_provider.ml.registry import resolve_step, step_reference
+
+    try:
+        module_name = step_reference(step).partition(":")[0]
+        resolve_step(step)
+    except ValueError as err:
+        raise UsageError(f"{err} Run with --list to see the built-in steps.") from err
+    except ImportError as err:
+        missing = getattr(err.__cause__, "name", None)
+        if (
+            isinstance(err.__cause__, ModuleNotFoundError)
+            and missing
+            and (module_name == missing or module_name.startswith(missing + "."))
+        ):
+            raise UsageError(str(err)) from err
+        raise
+
+
+def _remove(path: Path) -> None:
+    """
+    Remove a file if it exists.
+
+    :param path: the file.
+    """
+    path.unlink(missing_ok=True)
+
+
+def _write_atomically(result: dict[str, Any], result_file: Path) -> None:
+    """
+    Write the result to ``FILE.tmp``, then rename it to ``FILE``.
+
+    :param result: the step's result.
+    :param result_file: the ``--result`` file.
+    """
+    tmp = result_file.with_name(result_file.name + ".tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as out:
+            json.dump(result, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, result_file)
+    finally:
+        _remove(tmp)
+
+
+def _run(step: str, spec_file: Path, result_file: Path) -> int:
+    """
+    Run the step and write its result; return the exit code.
+
+    :param step: the step name or reference.
+    :param spec_file: the ``--spec`` file.
+    :param result_file: the ``--result`` file.
+    """
+    if not result_file.parent.is_dir():
+        raise UsageError(f"the directory of the result file {result_file} does not exist: check --result.")
+    _remove(result_file)  # a stale result must never pass for this run's
+    spec = _read_spec(spec_file)
+    _check_step(step)
+    from airflow_ml_provider.runners.in_process import InProcessRunner
+
+    log.info("Step %s: starting (pid %s)", step, os.getpid())
+    result = InProcessRunner().run(step, spec, logger=log)
+    _write_atomically(result, result_file)
+    log.info("Step %s: result written to %s", step, result_file)
+    return EXIT_OK
+
+
+def main(argv: list[str] | None = None) -> int:
+    """
+    Command-line entry point; return the exit code.
+
+    :param argv: the arguments (default ``sys.argv[1:]``).
+    """
+    args = _parser().parse_args(argv)
+    try:
+        _setup_logging(args.log_level)
+        if args.list:
+            from airflow_ml_provider.ml.registry import BUILTIN_STEPS
+
+            sys.stdout.write("".join(f"{name}\n" for name in sorted(BUILTIN_STEPS)))
+            return EXIT_OK
+        if not args.step or args.spec is None or args.result is None:
+            raise UsageError("give a step, --spec FILE and --result FILE (or --list).")
+        return _run(args.step, args.spec, args.result)
+    except UsageError as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_USAGE
+    except Exception:
+        log.exception("Step %s failed", args.step)
+        if args.result is not None:
+            _remove(args.result)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())

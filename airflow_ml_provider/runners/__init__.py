@@ -1,0 +1,50 @@
+"""Runners: where a step runs (this interpreter or another one); the spec and result are the same.
+
+Nothing in this package imports Airflow: operators create a runner and pass in their logger.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol, runtime_checkable
+
+from airflow_ml_provider.runners.in_process import InProcessRunner
+from airflow_ml_provider.runners.python import PythonRunner
+
+__all__ = ["RUNNER_KINDS", "InProcessRunner", "PythonRunner", "StepRunner", "get_runner"]
+
+
+@runtime_checkable
+class StepRunner(Protocol):
+    """Runs a step (a function from a JSON-able spec to a JSON-able result) somewhere."""
+
+    def run(self, step: str, spec: dict[str, Any], *, logger: logging.Logger | None = None) -> dict[str, Any]:
+        """
+        Run the step and return its result.
+
+        :param step: a built-in step name or a ``package.module:function`` reference.
+        :param spec: the step's input (JSON-serializable).
+        :param logger: where the step's log lines go.
+        """
+        ...
+
+
+RUNNER_KINDS: dict[str, type[StepRunner]] = {"in_process": InProcessRunner, "python": PythonRunner}
+
+
+def get_runner(kind: str, **kwargs: Any) -> StepRunner:
+    """
+    Create a runner by kind.
+
+    :param kind: ``"in_process"`` or ``"python"``.
+    :param kwargs: passed to the runner's constructor (for ``"python"``: ``python``, ``timeout``,
+        ``env``, ``cwd``, ``kill_grace_seconds``).
+    :raises ValueError: unknown kind.
+    """
+    try:
+        cls = RUNNER_KINDS[kind]
+    except KeyError:
+        raise ValueError(
+            f"Unknown runner {kind!r}: use one of {', '.join(repr(k) for k in RUNNER_KINDS)}."
+        ) from None
+    return cls(**kwargs)

@@ -1,0 +1,325 @@
+"""Run a step in another Python interpreter (``python -m airflow_ml_provider.ml``), streaming its log."""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from airflow_ml_provider.exceptions import StepFailed, StepTimeout
+from airflow_ml_provider.runners.in_process import json_round_trip
+
+log = logging.getLogger(__name__)
+
+# The directory that holds the ``airflow_ml_provider`` package (added to the child's PYTHONPATH
+# when the other interpreter does not have the package installed).
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])
+KEEP_LINES = 50
+REPORT_LINES = 20
+# How long to wait for the output pipe to close after the child exited (grandchildren may hold it).
+DRAIN_SECONDS = 5.0
+
+_PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('airflow_ml_provider') else 3)"
+_importable_cache: dict[tuple[str, str, str | None], bool] = {}
+
+
+def _check_interpreter(python: str) -> str:
+    """
+    Return the interpreter's path after checking that it exists and is executable.
+
+    :param python: a path, or a bare command name looked up on ``PATH``.
+    """
+    found = python if os.sep in python else shutil.which(python)
+    if found is None or not os.path.isfile(found):
+        raise FileNotFoundError(
+            f"Python interpreter {python!r} does not exist; give the full path of the interpreter of "
+            "the environment that should run the step (e.g. /opt/tf-env/bin/python)."
+        )
+    if not os.access(found, os.X_OK):
+        raise PermissionError(f"Python interpreter {found!r} is not executable (check its permissions).")
+    return found
+
+
+def _package_importable(python: str, env: dict[str, str], cwd: str | None) -> bool:
+    """
+    Tell whether ``python`` (with this env and cwd) can import ``airflow_ml_provider``; cached.
+
+    :param python: the interpreter.
+    :param env: the child's environment.
+    :param cwd: the child's working directory.
+    """
+    key = (python, env.get("PYTHONPATH", ""), cwd)
+    if key not in _importable_cache:
+        probe = subprocess.run(
+            [python, "-c", _PROBE], env=env, cwd=cwd, capture_output=True, timeout=60, check=False
+        )
+        _importable_cache[key] = probe.returncode == 0
+    return _importable_cache[key]
+
+
+def _describe_exit(returncode: int) -> str:
+    """
+    Describe an exit status, naming the signal when the child was killed by one.
+
+    :param returncode: ``Popen.returncode`` (negative: killed by that signal).
+    """
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"exit code {returncode}, killed by {name}"
+    return f"exit code {returncode}"
+
+
+def _group_alive(pgid: int) -> bool:
+    """
+    Tell whether a live process of the group exists. Zombies do not count: ``killpg(pgid, 0)``
+    finds them, and an init that does not reap them (as in some containers) keeps them forever.
+
+    :param pgid: the process group id.
+    """
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    if not Path("/proc").is_dir():
+        return True
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses.
+            fields = stat_file.read_text().rpartition(")")[2].split()
+            if len(fields) > 2 and fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                return True
+    return False
+
+
+def _failure(
+    cls: type[StepFailed], step: str, what: str, lines: collections.deque[str], returncode: int | None
+) -> StepFailed:
+    """
+    Build the error of a failed step; its message ends with the last lines of output.
+
+    :param cls: ``StepFailed`` or ``StepTimeout``.
+    :param step: the step's name.
+    :param what: what happened, e.g. ``failed in /env/bin/python (exit code 1)``.
+    :param lines: the kept lines of output.
+    :param returncode: the child's exit status.
+    """
+    tail = list(lines)[-REPORT_LINES:]
+    text = "\n".join(f"  {line}" for line in tail) or "  (no output)"
+    return cls(step, f"Step {step!r} {what}. Last lines:\n{text}", last_lines=tail, returncode=returncode)
+
+
+def _pump(pipe: IO[bytes], step: str, logger: logging.Logger, lines: collections.deque[str]) -> None:
+    """
+    Log each line of the child's output as it arrives and keep the last ones; runs in a thread.
+
+    :param pipe: the child's merged stdout and stderr.
+    :param step: the step's name (prefix of each logged line).
+    :param logger: where the lines go.
+    :param lines: the deque that keeps the last lines.
+    """
+    with pipe:
+        for raw in iter(pipe.readline, b""):
+            line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+            lines.append(line)
+            try:
+                logger.info("[step %s] %s", step, line)
+            except Exception:  # a broken handler must not stop the draining of the pipe
+                log.debug("Could not log a line of step %s", step, exc_info=True)
+
+
+class PythonRunner:
+    """
+    Run a step in another Python interpreter, e.g. an isolated environment with the TensorFlow stack.
+
+    The child runs ``python -m airflow_ml_provider.ml`` in its own process group; its output is
+    streamed line by line into the logger; on timeout or interruption the whole group is killed.
+
+    :param python: path of the interpreter; defaults to this one (``sys.executable``).
+    :param timeout: seconds after which the step and all its children are killed.
+    :param env: environment variables added to (a copy of) this process's environment.
+    :param cwd: working directory of the child; defaults to this process's.
+    :param kill_grace_seconds: seconds between SIGTERM and SIGKILL when killing the step.
+    """
+
+    def __init__(
+        self,
+        python: str | None = None,
+        timeout: float | None = None,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        kill_grace_seconds: float = 5.0,
+    ) -> None:
+        self.python = python or sys.executable
+        self.timeout = timeout
+        self.env = dict(env or {})
+        self.cwd = cwd
+        self.kill_grace_seconds = kill_grace_seconds
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._killed = False
+        self._logger = log
+
+    def _child_env(self, python: str) -> dict[str, str]:
+        """
+        Build the child's environment; make sure it can import this package.
+
+        :param python: the (checked) interpreter.
+        """
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        if not _package_importable(python, env, self.cwd):
+            paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+            env["PYTHONPATH"] = os.pathsep.join([*paths, PACKAGE_PARENT])
+        return env
+
+    def kill(self) -> None:
+        """Kill the running step with its whole process group (SIGTERM, then SIGKILL); for ``on_kill``."""
+        proc = self._proc
+        if proc is not None:
+            self._killed = True
+            self._kill_group(proc)
+
+    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
+        """
+        SIGTERM the child's process group, wait up to the grace period, then SIGKILL what is left.
+
+        :param proc: the child, leader of its process group.
+        """
+        pgid = proc.pid
+        self._logger.info("Killing the process group %s of the step (SIGTERM)", pgid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace_seconds
+        while time.monotonic() < deadline:
+            proc.poll()  # reap the leader, so that only live processes keep the group alive
+            if proc.returncode is not None and not _group_alive(pgid):
+                return
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            self._logger.warning(
+                "Process group %s outlived SIGTERM by %ss: SIGKILL", pgid, self.kill_grace_seconds
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
+        try:  # bounded: kill() may run in a signal handler that interrupted a wait on this child
+            proc.wait(timeout=self.kill_grace_seconds + 5.0)
+        except subprocess.TimeoutExpired:
+            self._logger.warning("Step process %s did not exit after SIGKILL", proc.pid)
+
+    def run(self, step: str, spec: dict[str, Any], *, logger: logging.Logger | None = None) -> dict[str, Any]:
+        """
+        Run the step in the interpreter and return its result.
+
+        :param step: a built-in step name or a ``package.module:function`` reference importable by
+            the interpreter.
+        :param spec: the step's input (JSON-serializable).
+        :param logger: where the child's output lines go; defaults to this module's logger.
+        :raises StepFailed: the child exited with an error or wrote no valid result.
+        :raises StepTimeout: the step ran past ``timeout`` and was killed.
+        :raises FileNotFoundError: the interpreter does not exist (``PermissionError``: not executable).
+        :raises TypeError: the spec is not JSON-serializable.
+        """
+        self._logger = logger or log
+        python = _check_interpreter(self.python)
+        spec = json_round_trip(spec, step=step, what="spec")
+        with tempfile.TemporaryDirectory(prefix="ml-step-") as tmp:
+            spec_file, result_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
+            spec_file.write_text(json.dumps(spec), encoding="utf-8")
+            cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file)]
+            self._execute([*cmd, "--result", str(result_file)], step)
+            return self._read_result(result_file, step)
+
+    def _execute(self, cmd: list[str], step: str) -> None:
+        """
+        Start the child, stream its output, wait for it (killing it on timeout or interruption).
+
+        :param cmd: the command line; ``cmd[0]`` is the interpreter.
+        :param step: the step's name.
+        """
+        env = self._child_env(cmd[0])
+        self._logger.info("Running step %s with %s", step, cmd[0])
+        lines: collections.deque[str] = collections.deque(maxlen=KEEP_LINES)
+        self._killed = False
+        proc = subprocess.Popen(
+            cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+            env=env, cwd=self.cwd, start_new_session=True,
+        )  # fmt: skip
+        self._proc = proc
+        assert proc.stdout is not None
+        reader = threading.Thread(
+            target=_pump, args=(proc.stdout, step, self._logger, lines), name=f"step-{step}", daemon=True
+        )
+        reader.start()
+        try:
+            # Always a timed wait: it polls without holding Popen's lock for long, so kill() can
+            # reap the child from a signal handler (Airflow calls on_kill from its SIGTERM handler).
+            returncode = proc.wait(timeout=self.timeout if self.timeout is not None else math.inf)
+        except subprocess.TimeoutExpired:
+            self._kill_group(proc)
+            self._drain(reader, proc)
+            what = (
+                f"ran past its timeout of {self.timeout}s in {cmd[0]} and was killed with its process group"
+            )
+            raise _failure(StepTimeout, step, what, lines, proc.returncode) from None
+        except BaseException:
+            self._kill_group(proc)
+            raise
+        finally:
+            self._proc = None
+        self._drain(reader, proc)
+        if returncode != 0:
+            killed = " (killed by PythonRunner.kill())" if self._killed else ""
+            what = f"failed in {cmd[0]} ({_describe_exit(returncode)}){killed}"
+            raise _failure(StepFailed, step, what, lines, returncode)
+
+    def _drain(self, reader: threading.Thread, proc: subprocess.Popen[bytes]) -> None:
+        """
+        Wait until all output is logged; kill processes the step left behind that hold the pipe.
+
+        :param reader: the thread that pumps the output.
+        :param proc: the child, already exited.
+        """
+        reader.join(DRAIN_SECONDS)
+        if reader.is_alive():
+            self._logger.warning(
+                "Processes left by step (group %s) still hold its output: killing them", proc.pid
+            )
+            self._kill_group(proc)
+            reader.join(DRAIN_SECONDS)
+
+    @staticmethod
+    def _read_result(result_file: Path, step: str) -> dict[str, Any]:
+        """
+        Read the result the child wrote.
+
+        :param result_file: the ``--result`` file.
+        :param step: the step's name.
+        """
+        try:
+            result = json.loads(result_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise StepFailed(
+                step, f"Step {step!r} exited with code 0 but wrote no result file {result_file}."
+            ) from None
+        except (OSError, ValueError) as err:
+            raise StepFailed(
+                step, f"Step {step!r}: cannot read its result file {result_file}: {err}"
+            ) from err
+        if not isinstance(result, dict):
+            raise StepFailed(step, f"Step {step!r}: its result file {result_file} holds no JSON object.")
+        return result
