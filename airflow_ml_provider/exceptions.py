@@ -10,8 +10,9 @@ class MLProviderError(Exception):
 class StepFailed(MLProviderError):
     """A step ended with an error in the interpreter (or pod) that ran it."""
 
-    def __init__(self, step: str, message: str, *, last_lines: list[str] | None = None,
-                 returncode: int | None = None) -> None:
+    def __init__(
+        self, step: str, message: str, *, last_lines: list[str] | None = None, returncode: int | None = None
+    ) -> None:
         self.step = step
         self.last_lines = list(last_lines or [])
         self.returncode = returncode

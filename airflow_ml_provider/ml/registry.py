@@ -27,8 +27,13 @@ def step_reference(step: str) -> str:
     if step in BUILTIN_STEPS:
         return BUILTIN_STEPS[step]
     module, sep, func = step.partition(":")
-    if not sep or not module or not func or not all(p.isidentifier() for p in module.split(".")) \
-            or not func.isidentifier():
+    if (
+        not sep
+        or not module
+        or not func
+        or not all(p.isidentifier() for p in module.split("."))
+        or not func.isidentifier()
+    ):
         known = ", ".join(sorted(BUILTIN_STEPS))
         raise ValueError(
             f"Unknown step {step!r}: give a built-in step name ({known}) "
@@ -50,4 +55,4 @@ def resolve_step(step: str) -> StepFn:
     func = getattr(module, func_name, None)
     if not callable(func):
         raise ValueError(f"Step {step!r}: module {module_name!r} has no function {func_name!r}.")
-    return func  # type: ignore[no-any-return]
+    return func  # type: ignore[no-any-return,unused-ignore]

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any, Protocol, runtime_checkable
 
+from airflow_ml_provider.runners._logger import StepLogger
 from airflow_ml_provider.runners.in_process import InProcessRunner
 from airflow_ml_provider.runners.python import PythonRunner
 
@@ -18,7 +19,7 @@ __all__ = ["RUNNER_KINDS", "InProcessRunner", "PythonRunner", "StepRunner", "get
 class StepRunner(Protocol):
     """Runs a step (a function from a JSON-able spec to a JSON-able result) somewhere."""
 
-    def run(self, step: str, spec: dict[str, Any], *, logger: logging.Logger | None = None) -> dict[str, Any]:
+    def run(self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None) -> dict[str, Any]:
         """
         Run the step and return its result.
 

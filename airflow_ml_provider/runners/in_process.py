@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.ml.registry import resolve_step
+from airflow_ml_provider.runners._logger import StepLogger
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ def as_result_dict(result: Any, *, step: str) -> dict[str, Any]:
 class InProcessRunner:
     """Run a step in this interpreter: no isolation, lowest overhead; spec and result go through JSON."""
 
-    def run(self, step: str, spec: dict[str, Any], *, logger: logging.Logger | None = None) -> dict[str, Any]:
+    def run(self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None) -> dict[str, Any]:
         """
         Resolve and call the step; return its result after a JSON round trip.
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
+from airflow_ml_provider.runners._logger import StepLogger
 from airflow_ml_provider.runners.in_process import json_round_trip
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _failure(
     return cls(step, f"Step {step!r} {what}. Last lines:\n{text}", last_lines=tail, returncode=returncode)
 
 
-def _pump(pipe: IO[bytes], step: str, logger: logging.Logger, lines: collections.deque[str]) -> None:
+def _pump(pipe: IO[bytes], step: str, logger: StepLogger, lines: collections.deque[str]) -> None:
     """
     Log each line of the child's output as it arrives and keep the last ones; runs in a thread.
 
@@ -173,7 +174,7 @@ class PythonRunner:
         self.kill_grace_seconds = kill_grace_seconds
         self._proc: subprocess.Popen[bytes] | None = None
         self._killed = False
-        self._logger = log
+        self._logger: StepLogger = log
 
     def _child_env(self, python: str) -> dict[str, str]:
         """
@@ -221,7 +222,7 @@ class PythonRunner:
         except subprocess.TimeoutExpired:
             self._logger.warning("Step process %s did not exit after SIGKILL", proc.pid)
 
-    def run(self, step: str, spec: dict[str, Any], *, logger: logging.Logger | None = None) -> dict[str, Any]:
+    def run(self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None) -> dict[str, Any]:
         """
         Run the step in the interpreter and return its result.
 

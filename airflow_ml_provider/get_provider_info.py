@@ -1,0 +1,89 @@
+"""Provider metadata read by Airflow's ProvidersManager (entry point ``apache_airflow_provider``).
+
+Keep this module free of imports: Airflow reads it in every component at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+INTEGRATION = "MLflow"
+DOCS_URL = "https://github.com/airflow-ml-provider/airflow-ml-provider"
+
+
+def get_provider_info() -> dict[str, Any]:
+    """Return what this provider contributes to Airflow, in provider_info.schema.json form."""
+    return {
+        "package-name": "airflow-ml-provider",
+        "name": "Machine Learning (TFDV, TensorFlow, TFMA, MLflow)",
+        "description": (
+            "Continuous training on Airflow: data validation with TensorFlow Data Validation, "
+            "data-aware triggering on dataset versions, distributed TensorFlow training, "
+            "tuning, model blessing with TensorFlow Model Analysis, and MLflow tracking and "
+            "registry."
+        ),
+        "versions": ["0.1.0"],
+        "integrations": [
+            {
+                "integration-name": INTEGRATION,
+                "external-doc-url": "https://mlflow.org/docs/latest/",
+                "tags": ["software"],
+            },
+        ],
+        "hooks": [
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
+        ],
+        "operators": [
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_ml_provider.operators.base",
+                    "airflow_ml_provider.operators.step",
+                ],
+            },
+        ],
+        "connection-types": [
+            {
+                "connection-type": "mlflow",
+                "hook-class-name": "airflow_ml_provider.hooks.mlflow.MlflowHook",
+                "hook-name": "MLflow",
+                "conn-fields": {
+                    "registry_uri": {
+                        "label": "Registry URI",
+                        "description": "Model registry address, when it is not the tracking server.",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "ui_url": {
+                        "label": "UI URL",
+                        "description": "Address people open the MLflow UI at (for extra links).",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                    "insecure_tls": {
+                        "label": "Skip TLS verification",
+                        "schema": {"type": ["boolean", "null"]},
+                    },
+                    "request_timeout": {
+                        "label": "Request timeout (seconds)",
+                        "schema": {"type": ["number", "null"]},
+                    },
+                    "artifact_location": {
+                        "label": "Artifact root for new experiments",
+                        "schema": {"type": ["string", "null"]},
+                    },
+                },
+                "ui-field-behaviour": {
+                    "hidden-fields": ["schema", "port", "extra"],
+                    "relabeling": {
+                        "host": "Tracking URI",
+                        "login": "Username (basic auth)",
+                        "password": "Password, or token when Username is empty",
+                    },
+                    "placeholders": {
+                        "host": "http://mlflow.example.com:5000",
+                        "login": "leave empty for token auth",
+                    },
+                },
+            },
+        ],
+        "extra-links": ["airflow_ml_provider.links.mlflow.MlflowRunLink"],
+    }

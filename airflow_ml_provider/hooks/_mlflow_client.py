@@ -1,0 +1,56 @@
+"""Build an ``MlflowClient`` whose REST stores carry the connection's credentials.
+
+MLflow's client reads credentials from environment variables. A hook in a shared Airflow worker
+must not write secrets into ``os.environ`` (every other task in the process would see them), so
+the REST stores are built here with a credentials callable instead.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
+
+    from airflow_ml_provider.hooks.mlflow import MlflowSettings
+
+
+def build_client(settings: MlflowSettings) -> MlflowClient:
+    """Return a client for ``settings``; plain for database stores, credentialed for HTTP."""
+    from mlflow.store.model_registry.rest_store import RestStore as RegistryRestStore
+    from mlflow.store.tracking.rest_store import RestStore as TrackingRestStore
+    from mlflow.tracking import MlflowClient
+    from mlflow.tracking._model_registry.client import ModelRegistryClient
+    from mlflow.tracking._tracking_service.client import TrackingServiceClient
+
+    client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
+    if not settings.is_http:
+        return client
+
+    class _TrackingClient(TrackingServiceClient):
+        _credentialed_store: Any = None
+
+        @property
+        def store(self) -> Any:
+            if self._credentialed_store is None:
+                self._credentialed_store = TrackingRestStore(
+                    partial(settings.host_creds, settings.tracking_uri)
+                )
+            return self._credentialed_store
+
+    class _RegistryClient(ModelRegistryClient):
+        _credentialed_store: Any = None
+
+        @property
+        def store(self) -> Any:
+            if self._credentialed_store is None:
+                self._credentialed_store = RegistryRestStore(
+                    partial(settings.host_creds, settings.registry_uri)
+                )
+            return self._credentialed_store
+
+    client._tracking_client = _TrackingClient(settings.tracking_uri)
+    if settings.registry_uri.startswith(("http://", "https://")):
+        client._registry_client_lazy = _RegistryClient(settings.registry_uri, settings.tracking_uri)  # type: ignore[attr-defined]
+    return client

@@ -1,0 +1,110 @@
+"""Session set-up: an isolated AIRFLOW_HOME (set before anything imports Airflow) and shared servers."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+_SESSION_DIR = Path(tempfile.mkdtemp(prefix="ml-provider-tests-"))
+_AIRFLOW_HOME = _SESSION_DIR / "airflow_home"
+_AIRFLOW_HOME.mkdir()
+os.environ["AIRFLOW_HOME"] = str(_AIRFLOW_HOME)
+os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+# The DAGs folder holds the test DAGs and the example DAGs, as one bundle (dag.test() needs it).
+_DAGS_FOLDER = _SESSION_DIR / "dags"
+_DAGS_FOLDER.mkdir()
+(_DAGS_FOLDER / "tests").symlink_to(Path(__file__).parent / "dags")
+(_DAGS_FOLDER / "examples").symlink_to(Path(__file__).parent.parent / "dags_examples")
+os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_DAGS_FOLDER)
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
+os.environ.pop("MLFLOW_TRACKING_URI", None)
+
+from harness import (  # noqa: E402
+    MlflowServer,
+    create_database,
+    drop_database,
+    postgres_base_url,
+    sqlalchemy_url,
+)
+
+_AIRFLOW_DB_URL: str | None = None
+if postgres_base_url():
+    _AIRFLOW_DB_URL = create_database("airflow_test")
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = sqlalchemy_url(_AIRFLOW_DB_URL)
+else:
+    os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+
+MARKERS = {"unit", "integration", "slow"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    unmarked = [item.nodeid for item in items if not MARKERS & {m.name for m in item.iter_markers()}]
+    if unmarked:
+        raise pytest.UsageError(
+            "Every test needs a marker (unit, integration or slow); unmarked:\n  " + "\n  ".join(unmarked)
+        )
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _AIRFLOW_DB_URL:
+        try:
+            from airflow import settings
+
+            settings.dispose_orm()
+        except Exception:
+            pass
+        drop_database(_AIRFLOW_DB_URL)
+
+
+@pytest.fixture(scope="session")
+def session_dir() -> Path:
+    return _SESSION_DIR
+
+
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """A migrated Airflow metadata DB (SQLite, or PostgreSQL when ML_PROVIDER_TEST_DATABASE_URL is set)."""
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "airflow"), "db", "migrate"],
+        capture_output=True,
+        text=True,
+        env=os.environ.copy(),
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return _AIRFLOW_HOME
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(session_dir: Path) -> Iterator[MlflowServer]:
+    """A real mlflow server for the session (backend on PostgreSQL when configured)."""
+    db_url = create_database("mlflow_test") if postgres_base_url() else None
+    server = MlflowServer(
+        session_dir / "mlflow", backend_store_uri=sqlalchemy_url(db_url) if db_url else None
+    )
+    try:
+        yield server.start()
+    finally:
+        server.stop()
+        if db_url:
+            drop_database(db_url)
+
+
+@pytest.fixture
+def mlflow_conn(mlflow_server: MlflowServer, monkeypatch: pytest.MonkeyPatch) -> MlflowServer:
+    """Point the ``mlflow_default`` Airflow connection at the session's server."""
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_DEFAULT", mlflow_server.connection_json())
+    return mlflow_server
+
+
+@pytest.fixture
+def mlflow_client(mlflow_server: MlflowServer):  # type: ignore[no-untyped-def]
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=mlflow_server.url)

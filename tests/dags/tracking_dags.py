@@ -1,0 +1,29 @@
+"""DAGs the tracking tests run with dag.test(); parameters come from the run's conf."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from airflow.sdk import DAG
+
+from airflow_ml_provider.operators.step import MLStepOperator
+
+with DAG("test_tracking_chain", schedule=None, catchup=False, tags=["test"]):
+    a = MLStepOperator(task_id="a", step="echo", spec={"payload": 1, "metrics": {"m": 0.5}})
+    b = MLStepOperator(task_id="b", step="echo", spec={"payload": "{{ ti.xcom_pull('a')['payload'] }}"})
+    a >> b
+
+with DAG("test_tracking_retry", schedule=None, catchup=False, tags=["test"]):
+    MLStepOperator(
+        task_id="flaky",
+        step="steps_for_tests:fail_once",
+        spec={"marker": "{{ dag_run.conf['marker'] }}"},
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )
+
+with DAG("test_tracking_failure", schedule=None, catchup=False, tags=["test"]):
+    MLStepOperator(task_id="broken", step="steps_for_tests:always_fail", spec={"message": "boom"})
+
+with DAG("test_tracking_mapped", schedule=None, catchup=False, tags=["test"]):
+    MLStepOperator.partial(task_id="m", step="echo").expand(spec=[{"payload": i} for i in range(3)])

@@ -1,0 +1,91 @@
+"""The run model through real Airflow (dag.test) against a real mlflow server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from harness import load_dag, run_dag, task_states
+
+pytestmark = pytest.mark.integration
+
+
+def _runs(client: Any, dag_id: str, run_id: str, **tags: str) -> list[Any]:
+    experiment = client.get_experiment_by_name(dag_id)
+    assert experiment is not None, f"no experiment {dag_id}"
+    tags = {"airflow.run_id": run_id, **tags}
+    clauses = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    return list(client.search_runs([experiment.experiment_id], filter_string=clauses, max_results=100))
+
+
+def _xcom(dag_id: str, run_id: str, task_id: str) -> dict[str, Any]:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = session.query(XComModel).filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id).all()
+        return {row.key: XComModel.deserialize_value(row) for row in rows}
+
+
+def test_one_parent_run_per_dag_run_and_one_nested_run_per_task(airflow_db, mlflow_conn, mlflow_client):
+    dag_id = "test_tracking_chain"
+    dag_run = run_dag(load_dag(dag_id))
+
+    (parent,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})
+    assert parent.info.status == "FINISHED"
+    assert parent.info.run_name == dag_run.run_id
+    tasks = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "task"})
+    assert sorted(r.data.tags["airflow.task_id"] for r in tasks) == ["a", "b"]
+    for run in tasks:
+        assert run.data.tags["mlflow.parentRunId"] == parent.info.run_id
+        assert run.data.tags["airflow.dag_id"] == dag_id
+        assert run.data.tags["airflow.map_index"] == "-1"
+        assert run.data.tags["airflow.try_number"] == "1"
+        assert run.info.status == "FINISHED"
+    a_run = next(r for r in tasks if r.data.tags["airflow.task_id"] == "a")
+    assert a_run.data.metrics["m"] == 0.5
+    assert a_run.data.params["step"] == "echo"
+
+    xcom = _xcom(dag_id, dag_run.run_id, "a")
+    assert xcom["mlflow_run_id"] == a_run.info.run_id
+    expected = f"{mlflow_conn.url}/#/experiments/{a_run.info.experiment_id}/runs/{a_run.info.run_id}"
+    assert xcom["mlflow_run_url"] == expected
+    assert xcom["_link_MlflowRunLink"] == expected  # what the "MLflow run" extra link opens
+    assert xcom["return_value"] == {"payload": 1, "mlflow": {"metrics": {"m": 0.5}}}
+    # Templated spec rendered from upstream XCom.
+    assert _xcom(dag_id, dag_run.run_id, "b")["return_value"] == {"payload": "1"}
+
+
+def test_retried_task_resumes_its_own_run(airflow_db, mlflow_conn, mlflow_client, tmp_path: Path):
+    dag_id = "test_tracking_retry"
+    dag_run = run_dag(load_dag(dag_id), conf={"marker": str(tmp_path / "marker")})
+
+    assert task_states(dag_run) == {"flaky": "success"}
+    runs = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.task_id": "flaky"})
+    assert len(runs) == 1, [r.info.run_id for r in runs]
+    assert runs[0].info.status == "FINISHED"
+    assert runs[0].data.tags["airflow.try_number"] == "2"
+    assert runs[0].data.metrics["recovered"] == 1.0
+    assert len(_runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})) == 1
+
+
+def test_failed_task_ends_its_run_failed(airflow_db, mlflow_conn, mlflow_client):
+    dag_id = "test_tracking_failure"
+    dag_run = run_dag(load_dag(dag_id), expect="failed")
+
+    (run,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.task_id": "broken"})
+    assert run.info.status == "FAILED"
+    (parent,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})
+    assert parent.info.status == "FAILED"
+
+
+def test_mapped_tasks_share_the_parent_run(airflow_db, mlflow_conn, mlflow_client):
+    dag_id = "test_tracking_mapped"
+    dag_run = run_dag(load_dag(dag_id))
+
+    runs = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.task_id": "m"})
+    assert sorted(r.data.tags["airflow.map_index"] for r in runs) == ["0", "1", "2"]
+    assert sorted(r.info.run_name for r in runs) == ["m[0]", "m[1]", "m[2]"]
+    (parent,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})
+    assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
