@@ -5,7 +5,6 @@ Nothing in this package imports Airflow: operators create a runner and pass in t
 
 from __future__ import annotations
 
-import logging
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_ml_provider.runners._logger import StepLogger
