@@ -27,3 +27,29 @@ def echo(spec: dict[str, Any]) -> dict[str, Any]:
     if spec.get("metrics"):
         result["mlflow"] = {"metrics": {str(k): float(v) for k, v in spec["metrics"].items()}}
     return result
+
+
+def describe_dataset(spec: dict[str, Any]) -> dict[str, Any]:
+    """
+    Summarise one dataset version: rows, columns, label balance and null fractions.
+
+    Spec keys: ``uri`` (a version directory written by ``generate_dataset``, required) and
+    ``label`` (default ``"label"``). The summary also comes back under ``mlflow.metrics`` so that
+    the task's MLflow run records it.
+    """
+    from airflow_ml_provider.ml.datagen import read_version
+
+    uri = spec.get("uri")
+    if not uri:
+        raise ValueError("describe_dataset: spec key 'uri' is required: the dataset version to read.")
+    label = str(spec.get("label", "label"))
+    frame = read_version(uri)
+    metrics: dict[str, float] = {"rows": float(len(frame)), "columns": float(len(frame.columns))}
+    if label in frame.columns and len(frame):
+        metrics["positive_rate"] = float(frame[label].astype(float).mean())
+    for column in frame.columns:
+        nulls = float(frame[column].isna().mean()) if len(frame) else 0.0
+        if nulls:
+            metrics[f"null_fraction.{column}"] = nulls
+    log.info("Version %s: %d rows, %d columns", uri, len(frame), len(frame.columns))
+    return {"uri": str(uri), "columns": [str(c) for c in frame.columns], "mlflow": {"metrics": metrics}}

@@ -13,6 +13,7 @@ StepFn = Callable[[Spec], Result]
 # name -> "module:function". Modules are imported only when the step runs.
 BUILTIN_STEPS: dict[str, str] = {
     "echo": "airflow_ml_provider.ml.basic:echo",
+    "describe_dataset": "airflow_ml_provider.ml.basic:describe_dataset",
     "generate_dataset": "airflow_ml_provider.ml.datagen:generate_dataset",
 }
 
