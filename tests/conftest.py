@@ -27,6 +27,7 @@ os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
 from harness import (  # noqa: E402
+    AUTH_ADMIN_PASSWORD,
     MlflowServer,
     create_database,
     drop_database,
@@ -94,6 +95,18 @@ def mlflow_server(session_dir: Path) -> Iterator[MlflowServer]:
         server.stop()
         if db_url:
             drop_database(db_url)
+
+
+@pytest.fixture(scope="session")
+def mlflow_auth_server(session_dir: Path) -> Iterator[MlflowServer]:
+    """A real mlflow server with MLflow's basic-auth app (admin / AUTH_ADMIN_PASSWORD)."""
+    server = MlflowServer(
+        session_dir / "mlflow-auth", basic_auth_admin_password=AUTH_ADMIN_PASSWORD, workers=1
+    )
+    try:
+        yield server.start()
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -13,7 +13,6 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -22,6 +21,7 @@ import requests
 
 VENV_BIN = Path(sys.executable).parent
 DATABASE_URL_ENV = "ML_PROVIDER_TEST_DATABASE_URL"
+AUTH_ADMIN_PASSWORD = "admin-pw-123"  # admin of the basic-auth test server
 
 
 def free_port() -> int:
@@ -169,15 +169,6 @@ class MlflowServer:
         import json
 
         return json.dumps({"conn_type": "mlflow", "host": self.url, **fields})
-
-
-@contextlib.contextmanager
-def running_mlflow_server(workdir: Path, **kwargs: Any) -> Iterator[MlflowServer]:
-    server = MlflowServer(workdir, **kwargs)
-    try:
-        yield server.start()
-    finally:
-        server.stop()
 
 
 # -- Airflow ----------------------------------------------------------------------------------

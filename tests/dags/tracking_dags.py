@@ -27,3 +27,7 @@ with DAG("test_tracking_failure", schedule=None, catchup=False, tags=["test"]):
 
 with DAG("test_tracking_mapped", schedule=None, catchup=False, tags=["test"]):
     MLStepOperator.partial(task_id="m", step="echo").expand(spec=[{"payload": i} for i in range(3)])
+
+with DAG("test_tracking_bad_connection", schedule=None, catchup=False, tags=["test"]):
+    MLStepOperator(task_id="unreachable", step="echo", mlflow_conn_id="mlflow_unreachable")
+    MLStepOperator(task_id="wrong_token", step="echo", mlflow_conn_id="mlflow_wrong_token")

@@ -89,3 +89,30 @@ def test_mapped_tasks_share_the_parent_run(airflow_db, mlflow_conn, mlflow_clien
     assert sorted(r.info.run_name for r in runs) == ["m[0]", "m[1]", "m[2]"]
     (parent,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})
     assert {r.data.tags["mlflow.parentRunId"] for r in runs} == {parent.info.run_id}
+
+
+def test_bad_connection_fails_the_task_naming_the_uri_without_the_token(
+    airflow_db, mlflow_auth_server, monkeypatch, capfd
+):
+    import json
+
+    from harness import free_port
+
+    dead = f"http://127.0.0.1:{free_port()}"
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_UNREACHABLE",
+        json.dumps({"conn_type": "mlflow", "host": dead, "password": "tok-unreachable-42"}),
+    )
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_MLFLOW_WRONG_TOKEN",
+        json.dumps({"conn_type": "mlflow", "host": mlflow_auth_server.url, "password": "tok-wrong-42"}),
+    )
+    dag_run = run_dag(load_dag("test_tracking_bad_connection"), expect="failed")
+    assert task_states(dag_run) == {"unreachable": "failed", "wrong_token": "failed"}
+
+    # dag.test() runs the tasks in this process and writes their logs to stdout.
+    output = capfd.readouterr()
+    text = output.out + output.err
+    assert f"MLflow tracking server {dead} is unreachable" in text
+    assert f"MLflow tracking server {mlflow_auth_server.url} refused the credentials" in text
+    assert "tok-unreachable-42" not in text and "tok-wrong-42" not in text

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import postgres_base_url, running_mlflow_server, start_task_runs_in_process
+from harness import AUTH_ADMIN_PASSWORD, postgres_base_url, start_task_runs_in_process
 
 from airflow_ml_provider.exceptions import MlflowConnectionError
 from airflow_ml_provider.hooks.mlflow import MlflowHook
@@ -42,14 +42,6 @@ def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
         hook.check_server()
 
 
-@pytest.fixture(scope="module")
-def auth_server(tmp_path_factory):
-    with running_mlflow_server(
-        tmp_path_factory.mktemp("mlflow-auth"), basic_auth_admin_password="admin-pw-123", workers=1
-    ) as server:
-        yield server
-
-
 @pytest.mark.parametrize(
     "fields",
     [
@@ -58,20 +50,20 @@ def auth_server(tmp_path_factory):
     ],
     ids=["bearer", "basic"],
 )
-def test_wrong_credentials_fail_without_leaking_them(monkeypatch, auth_server, caplog, fields):
-    hook = _hook(monkeypatch, host=auth_server.url, **fields)
+def test_wrong_credentials_fail_without_leaking_them(monkeypatch, mlflow_auth_server, caplog, fields):
+    hook = _hook(monkeypatch, host=mlflow_auth_server.url, **fields)
     with caplog.at_level(logging.DEBUG):
         ok, message = hook.test_connection()
     assert not ok
-    assert auth_server.url in message and "refused the credentials" in message
+    assert mlflow_auth_server.url in message and "refused the credentials" in message
     assert "wrong-token-xyz" not in message
     assert "wrong-token-xyz" not in caplog.text
 
 
-def test_right_credentials_work_without_environment_variables(monkeypatch, auth_server):
+def test_right_credentials_work_without_environment_variables(monkeypatch, mlflow_auth_server):
     import os
 
-    hook = _hook(monkeypatch, host=auth_server.url, login="admin", password="admin-pw-123")
+    hook = _hook(monkeypatch, host=mlflow_auth_server.url, login="admin", password=AUTH_ADMIN_PASSWORD)
     assert hook.test_connection()[0]
     experiment_id = hook.get_or_create_experiment(f"auth-{uuid.uuid4().hex[:6]}")
     run = hook.client.create_run(experiment_id)
