@@ -6,8 +6,6 @@ from typing import TYPE_CHECKING
 
 from airflow.sdk import BaseOperatorLink, BaseXCom
 
-from airflow_ml_provider.tracking import XCOM_RUN_URL
-
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
@@ -19,5 +17,7 @@ class MlflowRunLink(BaseOperatorLink):
     name = "MLflow run"
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
+        from airflow_ml_provider.tracking import XCOM_RUN_URL  # not needed to parse DAG files
+
         url = BaseXCom.get_value(ti_key=ti_key, key=XCOM_RUN_URL)  # type: ignore[arg-type]
         return str(url) if url else ""

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 from airflow.sdk import BaseOperator
 
 from airflow_ml_provider.links.mlflow import MlflowRunLink
-from airflow_ml_provider.tracking import tracked_task
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -48,6 +47,8 @@ class MLflowTrackedOperator(BaseOperator):
         self.mlflow_tags = mlflow_tags
 
     def execute(self, context: Context) -> Any:
+        from airflow_ml_provider.tracking import tracked_task  # not needed to parse DAG files
+
         with tracked_task(
             context,
             mlflow_conn_id=self.mlflow_conn_id,
