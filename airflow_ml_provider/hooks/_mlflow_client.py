@@ -7,6 +7,7 @@ the REST stores are built here with a credentials callable instead.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -28,29 +29,28 @@ def build_client(settings: MlflowSettings) -> MlflowClient:
     if not settings.is_http:
         return client
 
-    class _TrackingClient(TrackingServiceClient):
-        _credentialed_store: Any = None
-
-        @property
-        def store(self) -> Any:
-            if self._credentialed_store is None:
-                self._credentialed_store = TrackingRestStore(
-                    partial(settings.host_creds, settings.tracking_uri)
-                )
-            return self._credentialed_store
-
-    class _RegistryClient(ModelRegistryClient):
-        _credentialed_store: Any = None
-
-        @property
-        def store(self) -> Any:
-            if self._credentialed_store is None:
-                self._credentialed_store = RegistryRestStore(
-                    partial(settings.host_creds, settings.registry_uri)
-                )
-            return self._credentialed_store
-
-    client._tracking_client = _TrackingClient(settings.tracking_uri)
+    tracking_client = _with_store(
+        TrackingServiceClient, lambda: TrackingRestStore(partial(settings.host_creds, settings.tracking_uri))
+    )
+    registry_client = _with_store(
+        ModelRegistryClient, lambda: RegistryRestStore(partial(settings.host_creds, settings.registry_uri))
+    )
+    client._tracking_client = tracking_client(settings.tracking_uri)
     if settings.registry_uri.startswith(("http://", "https://")):
-        client._registry_client_lazy = _RegistryClient(settings.registry_uri, settings.tracking_uri)  # type: ignore[attr-defined]
+        client._registry_client_lazy = registry_client(settings.registry_uri, settings.tracking_uri)  # type: ignore[attr-defined]
     return client
+
+
+def _with_store(base: type, make_store: Callable[[], Any]) -> Any:
+    """A subclass of MLflow's service client ``base`` whose ``store`` is ``make_store()``, built once."""
+
+    class _Client(base):
+        _credentialed_store: Any = None
+
+        @property
+        def store(self) -> Any:
+            if self._credentialed_store is None:
+                self._credentialed_store = make_store()
+            return self._credentialed_store
+
+    return _Client
