@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -421,9 +422,9 @@ class MlflowHook(BaseHook):
 
 
 def _param_value(value: Any) -> str:
-    text = (
-        value if isinstance(value, str) else repr(value) if not isinstance(value, int | float) else str(value)
-    )
+    """MLflow params are strings of at most 6000 characters; containers are logged as JSON."""
+    is_container = isinstance(value, dict | list | tuple)
+    text = json.dumps(value, sort_keys=True, default=str) if is_container else str(value)
     return text[:6000]
 
 
