@@ -37,3 +37,21 @@ class OptionalDependencyMissing(MLProviderError, ImportError):
             f"{purpose} needs the package {package!r}, which is not installed. Install the extra: "
             f"pip install 'airflow-ml-provider[{extra}]' (in the interpreter that runs this step)."
         )
+
+
+class DataValidationFailed(MLProviderError):
+    """A dataset version has anomalies against its schema (or drift / skew past a threshold)."""
+
+    def __init__(self, data_uri: str, anomalies: list[dict[str, str]], report: str | None = None) -> None:
+        self.data_uri = data_uri
+        self.anomalies = list(anomalies)
+        self.report = report
+        lines = [
+            f"  - {a.get('feature', '?')}: {a.get('kind', '?')}: {a.get('short_description', '')}"
+            for a in self.anomalies
+        ]
+        where = f"\nFull report: {report}" if report else ""
+        super().__init__(
+            f"Data validation of {data_uri} found {len(self.anomalies)} anomal"
+            f"{'y' if len(self.anomalies) == 1 else 'ies'}:\n" + "\n".join(lines) + where
+        )

@@ -238,6 +238,8 @@ def tracked_task(
     the run FINISHED or FAILED with the body, and resumes the same run when the task is retried.
     Usable from any task: ``with tracked_task(get_current_context()) as run: run.log_metric(...)``.
     """
+    from airflow.sdk.exceptions import AirflowSkipException
+
     from airflow_ml_provider.hooks.mlflow import MlflowHook
 
     hook = MlflowHook(mlflow_conn_id)
@@ -268,6 +270,11 @@ def tracked_task(
         ti.xcom_push(key=XCOM_RUN_URL, value=run.url)
     try:
         yield run
+    except AirflowSkipException:
+        # A deliberate skip (a gate that short-circuits) is not a failure of the task's work.
+        run.set_tags({"airflow.state": "skipped"})
+        end_task_run(run, identity, success=True)
+        raise
     except BaseException:
         try:
             end_task_run(run, identity, success=False)

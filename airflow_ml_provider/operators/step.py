@@ -65,12 +65,15 @@ class MLStepOperator(MLflowTrackedOperator):
         self.step_env = step_env
         self._active_runner: StepRunner | None = None
 
-    def _validate(self) -> dict[str, Any]:
+    def _check_arguments(self) -> None:
         if self.runner not in RUNNERS:
             raise ValueError(
                 f"Task {self.task_id!r}: runner={self.runner!r} is not one of {', '.join(RUNNERS)}."
             )
         step_reference(self.step)
+
+    def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
+        """The step's spec; subclasses build it from their own (templated) arguments."""
         spec = self.spec or {}
         if not isinstance(spec, dict):
             raise TypeError(
@@ -79,13 +82,31 @@ class MLStepOperator(MLflowTrackedOperator):
             )
         return spec
 
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        from airflow_ml_provider.runners import get_runner
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        """Log the result to the task's run; the return value goes to XCom."""
+        tracked = result.get("mlflow") or {}
+        run.log_metrics(tracked.get("metrics") or {})
+        run.log_params(tracked.get("params") or {})
+        run.set_tags(tracked.get("tags") or {})
+        run.flush()
+        return result
 
-        spec = self._validate()
+    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        self._check_arguments()
+        spec = self.build_spec(context, run)
         run.log_params({"step": self.step, "runner": self.runner})
         run.set_tags({"airflow_ml.step": self.step})
         run.flush()
+        run.hook.client.log_text(run.run_id, json.dumps(spec, indent=2, sort_keys=True), "step/spec.json")
+        result = self.run_step(spec, run)
+        return self.handle_result(context, run, spec, result)
+
+    def run_step(self, spec: dict[str, Any], run: TaskRun) -> dict[str, Any]:
+        """Run the step with the configured runner, its log streaming into the task log."""
+        from airflow_ml_provider.runners import get_runner
+
         runner_kwargs: dict[str, Any] = {}
         if self.runner == "python":
             env = {**run.hook.settings.child_environment(), **(self.step_env or {})}
@@ -93,20 +114,9 @@ class MLStepOperator(MLflowTrackedOperator):
         runner = get_runner(self.runner, **runner_kwargs)
         self._active_runner = runner
         try:
-            result = runner.run(self.step, spec, logger=self.log)
+            return runner.run(self.step, spec, logger=self.log)
         finally:
             self._active_runner = None
-        self._log_result(run, spec, result)
-        return result
-
-    @staticmethod
-    def _log_result(run: TaskRun, spec: dict[str, Any], result: dict[str, Any]) -> None:
-        tracked = result.get("mlflow") or {}
-        run.log_metrics(tracked.get("metrics") or {})
-        run.log_params(tracked.get("params") or {})
-        run.set_tags(tracked.get("tags") or {})
-        run.flush()
-        run.hook.client.log_text(run.run_id, json.dumps(spec, indent=2, sort_keys=True), "step/spec.json")
 
     def on_kill(self) -> None:
         runner = self._active_runner
