@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import uuid
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlparse
@@ -40,9 +41,30 @@ FORMATS = ("csv", "parquet")
 MAX_VERSION = 9999
 MAX_ROWS = 10_000_000
 MAX_DRIFT = 10.0
+MAX_EXTRA_FEATURES = 200
+# Rows per block when writing (and when drawing the extra features): bounds the memory of a version
+# beyond the standard columns; a constant, so the data never depends on anything but (seed, version).
+WRITE_CHUNK_ROWS = 250_000
 
 REGIONS = ["north", "south", "east", "west", "central"]
 CHANNELS = ["branch", "online", "mobile", "partner"]
+# ``extra_features``: noise columns num_00, cat_00, num_01, ... (alternating, numeric first).
+EXTRA_VOCABULARY = [
+    "alpha",
+    "bravo",
+    "charlie",
+    "delta",
+    "echo",
+    "foxtrot",
+    "golf",
+    "hotel",
+    "india",
+    "juliet",
+]
+_EXTRA_WEIGHTS = 1.0 / np.arange(1, len(EXTRA_VOCABULARY) + 1)
+EXTRA_PROBABILITIES = _EXTRA_WEIGHTS / _EXTRA_WEIGHTS.sum()  # Zipf-like: a few common values
+EXTRA_DRIFT_SHIFT = 0.25  # extra numeric columns move by this many standard deviations per unit drift
+EXTRA_LABEL_WEIGHT = 0.3  # every third extra numeric column leans this much with the label
 # Values never produced by a clean version; ``new_category`` puts them in NEW_CATEGORY_FRACTION of rows.
 NEW_CATEGORY = {"region": "overseas", "channel": "crypto_wallet"}
 NEW_CATEGORY_FRACTION = 0.25
@@ -58,7 +80,17 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "type_change": None,
     "null_spike": None,
 }
-SPEC_KEYS = {"root", "versions", "rows", "seed", "format", "overwrite", "knobs_per_version", *KNOB_DEFAULTS}
+SPEC_KEYS = {
+    "root",
+    "versions",
+    "rows",
+    "seed",
+    "format",
+    "overwrite",
+    "extra_features",
+    "knobs_per_version",
+    *KNOB_DEFAULTS,
+}
 
 
 def _spec_error(key: str, message: str, where: str = "generate_dataset: spec key") -> ValueError:
@@ -188,6 +220,9 @@ def _validate(spec: dict[str, Any]) -> dict[str, Any]:
         raise _spec_error("seed", f"must be an int >= 0, got {seed!r}.")
     if fmt not in FORMATS:
         raise _spec_error("format", f"must be one of {list(FORMATS)}, got {fmt!r}.")
+    extra = spec.get("extra_features", 0)
+    if not _is_int(extra) or not 0 <= extra <= MAX_EXTRA_FEATURES:
+        raise _spec_error("extra_features", f"must be an int in 0..{MAX_EXTRA_FEATURES}, got {extra!r}.")
     versions = _parse_versions(spec.get("versions", [1]))
     return {
         "root": _local_path(spec["root"]),
@@ -195,6 +230,7 @@ def _validate(spec: dict[str, Any]) -> dict[str, Any]:
         "seed": seed,
         "format": fmt,
         "overwrite": bool(spec.get("overwrite", False)),
+        "extra_features": extra,
         "versions": versions,
         "knobs": _per_version_knobs(spec, versions),
     }
@@ -242,8 +278,10 @@ def _sample(rows: int, rng: np.random.Generator, drift: float, label_shift: floa
         has_balance, np.clip(rng.normal(60_000 * (1 + 0.4 * drift), 25_000, rows), 0, None), 0.0
     )
     num_products = rng.choice([1, 2, 3, 4], size=rows, p=[0.5, 0.4, 0.07, 0.03]).astype(np.int64)
-    region = rng.choice(REGIONS, size=rows, p=[0.25, 0.2, 0.2, 0.25, 0.1])
-    channel = rng.choice(CHANNELS, size=rows, p=[0.3, 0.35, 0.25, 0.1])
+    # Object arrays as the population: the draws are the same, but every row shares the few
+    # vocabulary strings instead of holding a string of its own (8 bytes a row, not ~60).
+    region = rng.choice(np.asarray(REGIONS, dtype=object), size=rows, p=[0.25, 0.2, 0.2, 0.25, 0.1])
+    channel = rng.choice(np.asarray(CHANNELS, dtype=object), size=rows, p=[0.3, 0.35, 0.25, 0.1])
     is_active = (rng.random(rows) < 0.52).astype(np.int64)
 
     logit = (
@@ -266,11 +304,89 @@ def _sample(rows: int, rng: np.random.Generator, drift: float, label_shift: floa
         "tenure_months": tenure,
         "balance": np.round(balance, 2),
         "num_products": num_products,
-        "region": region.astype(object),
-        "channel": channel.astype(object),
+        "region": region,
+        "channel": channel,
         "is_active": is_active,
         LABEL: label,
     }
+
+
+def extra_feature_names(count: int) -> dict[str, str]:
+    """
+    Names and kinds of ``count`` extra features: ``num_00``, ``cat_00``, ``num_01``, ... alternating.
+
+    :param count: how many (the ``extra_features`` spec key).
+    """
+    return {
+        (f"num_{i // 2:02d}" if i % 2 == 0 else f"cat_{i // 2:02d}"): (
+            "numeric" if i % 2 == 0 else "categorical"
+        )
+        for i in range(count)
+    }
+
+
+def _extra_columns(
+    names: dict[str, str], label: np.ndarray, rng: np.random.Generator, drift: float
+) -> dict[str, np.ndarray]:
+    """
+    Draw the extra features for one block of rows.
+
+    Numeric ones are standard normal noise (4 decimals) moved by ``EXTRA_DRIFT_SHIFT * drift``;
+    every third also leans with the label. Categorical ones take values of ``EXTRA_VOCABULARY``
+    with Zipf-like frequencies.
+
+    :param names: the extra features (see ``extra_feature_names``).
+    :param label: the block's labels (0/1).
+    :param rng: the version's generator for extra features.
+    :param drift: the version's covariate-shift strength.
+    """
+    rows = len(label)
+    vocabulary = np.asarray(EXTRA_VOCABULARY, dtype=object)
+    cdf = np.cumsum(EXTRA_PROBABILITIES)
+    cdf[-1] = 1.0
+    columns: dict[str, np.ndarray] = {}
+    for i, (name, kind) in enumerate(names.items()):
+        if kind == "numeric":
+            values = rng.standard_normal(rows)
+            values += EXTRA_DRIFT_SHIFT * drift
+            if (i // 2) % 3 == 0:
+                values += EXTRA_LABEL_WEIGHT * (label - 0.3)
+            columns[name] = np.round(values, 4)
+        else:
+            columns[name] = vocabulary[cdf.searchsorted(rng.random(rows), side="right")]
+    return columns
+
+
+def _blocks(df: Any, extra: dict[str, str], rng: np.random.Generator, drift: float) -> Iterator[Any]:
+    """
+    Yield the version's frame in blocks of ``WRITE_CHUNK_ROWS`` rows, extra features added.
+
+    The extra features sit between the standard features and the label; only one block of them
+    exists at a time.
+
+    :param df: the standard columns (problems applied).
+    :param extra: the extra features (see ``extra_feature_names``).
+    :param rng: the version's generator for extra features.
+    :param drift: the version's covariate-shift strength.
+    """
+    import pandas as pd
+
+    if not extra:
+        for start in range(0, len(df), WRITE_CHUNK_ROWS):
+            yield df.iloc[start : start + WRITE_CHUNK_ROWS]
+        return
+    features = [c for c in df.columns if c != LABEL]
+    for start in range(0, len(df), WRITE_CHUNK_ROWS):
+        block = df.iloc[start : start + WRITE_CHUNK_ROWS]
+        label = block[LABEL].to_numpy()
+        columns = {c: block[c].to_numpy() for c in features}
+        columns.update(_extra_columns(extra, label, rng, drift))
+        columns[LABEL] = label
+        frame = pd.DataFrame(columns, index=block.index)
+        for column in features:  # keep nullable ints (null_spike) nullable
+            if frame[column].dtype != block[column].dtype:
+                frame[column] = block[column]
+        yield frame
 
 
 def _as_text(column: str, value: Any) -> str:
@@ -309,11 +425,11 @@ def _apply_problems(df: Any, knobs: dict[str, Any], rng: np.random.Generator) ->
     return df
 
 
-def _write_version(df: Any, target: Path, fmt: str, overwrite: bool) -> list[str]:
+def _write_version(blocks: Iterable[Any], target: Path, fmt: str, overwrite: bool) -> list[str]:
     """
     Write one version atomically: temporary sibling, data, ``_SUCCESS``, then rename into place.
 
-    :param df: the frame to write.
+    :param blocks: the frame to write, as consecutive blocks of rows (CSV appends them one by one).
     :param target: the final ``version=NNNN`` directory.
     :param fmt: ``csv`` or ``parquet``.
     :param overwrite: replace an existing version (briefly absent while being swapped).
@@ -325,9 +441,13 @@ def _write_version(df: Any, target: Path, fmt: str, overwrite: bool) -> list[str
     tmp.mkdir()
     try:
         if fmt == "csv":
-            df.to_csv(tmp / data_file, index=False)
+            with open(tmp / data_file, "w", newline="", encoding="utf-8") as handle:
+                for i, block in enumerate(blocks):
+                    block.to_csv(handle, index=False, header=i == 0)
         else:
-            df.to_parquet(tmp / data_file, index=False, engine="pyarrow")
+            import pandas as pd
+
+            pd.concat(list(blocks)).to_parquet(tmp / data_file, index=False, engine="pyarrow")
         (tmp / SUCCESS_MARKER).touch()
         if target.exists():
             if not overwrite:
@@ -365,6 +485,13 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         - ``rows``: rows per version, int in 1..10,000,000. Default 2000.
         - ``seed``: int >= 0. Default 0.
         - ``format``: ``"csv"`` (default) or ``"parquet"``.
+        - ``extra_features``: int in 0..200, default 0 (top level only, the same for every
+          version). Adds that many noise features between the standard ones and the label,
+          alternating ``num_00`` (float, normal, 4 decimals; every third leans slightly with the
+          label; ``drift`` moves them by 0.25 standard deviation per unit) and ``cat_00`` (one of
+          10 words, Zipf-like frequencies). ``extra_features=11`` gives 8 + 11 + label = 20
+          columns. They are drawn from their own seed sequence ``(seed, v, 1)``, so the standard
+          columns do not change with this knob.
         - ``overwrite``: replace existing versions. Default false: an existing version is an
           error, checked for every version before anything is written.
         - ``drift``: float in [0, 10], default 0. Shifts numeric distributions proportionally (at 1:
@@ -397,13 +524,17 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
             "set 'overwrite': true to replace them."
         )
     root.mkdir(parents=True, exist_ok=True)
+    extra = extra_feature_names(settings["extra_features"])
     written = []
     for version, target in targets.items():
         knobs = settings["knobs"][version]
         rng = np.random.default_rng([settings["seed"], version])
         df = pd.DataFrame(_sample(settings["rows"], rng, knobs["drift"], knobs["label_shift"]))
         df = _apply_problems(df, knobs, rng)
-        files = _write_version(df, target, settings["format"], settings["overwrite"])
+        extra_rng = np.random.default_rng([settings["seed"], version, 1])
+        blocks = _blocks(df, extra, extra_rng, knobs["drift"])
+        files = _write_version(blocks, target, settings["format"], settings["overwrite"])
+        columns = [str(c) for c in df.columns if c != LABEL] + list(extra) + [LABEL]
         positive_rate = round(float(df[LABEL].mean()), 4)
         log.info("Wrote %s (%s rows, positive rate %s, knobs %s)", target, len(df), positive_rate, knobs)
         written.append(
@@ -412,7 +543,7 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
                 "uri": str(target),
                 "rows": len(df),
                 "files": files,
-                "columns": [str(c) for c in df.columns],
+                "columns": columns,
                 "positive_rate": positive_rate,
                 "knobs": knobs,
             }
@@ -421,8 +552,8 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         "root": str(root),
         "format": settings["format"],
         "versions": written,
-        "columns": list(COLUMNS),
-        "features": dict(FEATURES),
+        "columns": [*FEATURES, *extra, LABEL],
+        "features": {**FEATURES, **extra},
         "label": LABEL,
     }
 

@@ -283,3 +283,58 @@ def test_null_spike_and_type_change_on_the_same_column(tmp_path):
     df = read_version(_generate(tmp_path, format="parquet", **spec)["versions"][0]["uri"])
     assert set(df["is_active"]) == {"yes", "no", "n/a"}
     assert (df["is_active"] == "n/a").mean() > 0.35
+
+
+def test_extra_features_add_alternating_numeric_and_categorical_columns(tmp_path):
+    result = _generate(tmp_path, versions=2, rows=3000, seed=4, extra_features=11)
+    df = read_version(result["versions"][0]["uri"])
+    extra = [f"num_{i:02d}" for i in range(6)] + [f"cat_{i:02d}" for i in range(5)]
+    assert df.shape == (3000, 20)
+    assert sorted(df.columns[8:19]) == sorted(extra)
+    assert list(df.columns[:8]) == list(FEATURES) and df.columns[-1] == LABEL
+    assert list(df.columns[8:12]) == ["num_00", "cat_00", "num_01", "cat_01"]
+    assert result["columns"] == list(df.columns) == result["versions"][0]["columns"]
+    assert result["features"]["num_05"] == "numeric" and result["features"]["cat_04"] == "categorical"
+    assert len(result["features"]) == 19
+    for i in range(6):
+        column = df[f"num_{i:02d}"]
+        assert column.dtype.kind == "f" and abs(column.mean()) < 0.15 and 0.9 < column.std() < 1.1
+    for i in range(5):
+        values = df[f"cat_{i:02d}"]
+        assert values.dtype == object and 5 <= values.nunique() <= 10
+    assert df["num_00"].corr(df[LABEL]) > 0.05, "num_00 leans with the label"
+
+    plain = read_version(_generate(tmp_path / "plain", versions=1, rows=3000, seed=4)["versions"][0]["uri"])
+    pd.testing.assert_frame_equal(df[COLUMNS], plain)  # the standard columns do not change
+
+
+def test_extra_features_deterministic_and_moved_by_drift(tmp_path, monkeypatch):
+    import airflow_ml_provider.ml.datagen as datagen
+
+    monkeypatch.setattr(datagen, "WRITE_CHUNK_ROWS", 700)  # several blocks, appended to one CSV
+    spec: dict[str, Any] = {"versions": 2, "rows": 2000, "seed": 9, "extra_features": 5}
+    a = _generate(tmp_path / "a", **spec, knobs_per_version={"2": {"drift": 2.0}})
+    b = _generate(tmp_path / "b", **spec, knobs_per_version={"2": {"drift": 2.0}})
+    c = _generate(tmp_path / "c", **{**spec, "seed": 10})
+
+    def data(result: dict[str, Any], i: int) -> bytes:
+        return (Path(result["versions"][i]["uri"]) / "part-00000.csv").read_bytes()
+
+    assert data(a, 0) == data(b, 0) and data(a, 1) == data(b, 1)
+    assert data(a, 0) != data(c, 0)
+    clean, drifted = _frames(a)
+    assert len(clean) == 2000 and clean.columns.tolist().count("label") == 1
+    assert drifted["num_01"].mean() - clean["num_01"].mean() > 0.35
+    parquet = _generate(tmp_path / "p", format="parquet", **spec)
+    pd.testing.assert_frame_equal(_frames(parquet)[0], clean, check_dtype=False)
+
+
+@pytest.mark.parametrize("value", [-1, 201, 2.5, "3", True, None])
+def test_extra_features_bad_values_raise(tmp_path, value):
+    with pytest.raises(ValueError, match="extra_features"):
+        generate_dataset({"root": str(tmp_path / "x"), "rows": 10, "extra_features": value})
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(ValueError, match="knobs_per_version"):
+        generate_dataset(
+            {"root": str(tmp_path / "x"), "rows": 10, "knobs_per_version": {"1": {"extra_features": 2}}}
+        )
