@@ -15,6 +15,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "echo": "airflow_ml_provider.ml.basic:echo",
     "describe_dataset": "airflow_ml_provider.ml.basic:describe_dataset",
     "generate_dataset": "airflow_ml_provider.ml.datagen:generate_dataset",
+    "validate_data": "airflow_ml_provider.ml.validation:validate_data",
+    "infer_schema": "airflow_ml_provider.ml.validation:infer_schema",
 }
 
 
