@@ -68,16 +68,17 @@ def _list_dir(fs: Any, path: str, uri: str) -> list[str]:
     return files
 
 
-def _pick_format(paths: list[str], fmt: str | None, uri: str) -> tuple[list[str], str]:
+def _pick_format(paths: list[str], fmt: str | None, uri: str, single: bool) -> tuple[list[str], str]:
     """
     Decide the format of the files and keep the files of that format.
 
     :param paths: the candidate files.
     :param fmt: the format asked for, or None to detect it from the file extensions.
     :param uri: the URI named in error messages.
+    :param single: ``uri`` names one file (read as ``fmt`` whatever its extension says).
     """
     if fmt is not None:
-        if len(paths) == 1:
+        if single:
             return paths, fmt  # a single file is read as asked, whatever its name says
         chosen = [p for p in paths if _format_of(p) == fmt]
         if not chosen:
@@ -114,7 +115,7 @@ def find_data_files(uri: str, fmt: str | None) -> DataFiles:
             f"validate_data: data_uri {uri!r} does not exist. Give a dataset version directory or a "
             "single .csv/.parquet file."
         )
-    paths, fmt = _pick_format(paths, fmt, uri)
+    paths, fmt = _pick_format(paths, fmt, uri, single=not fs.isdir(path))
     for p in paths:
         if fs.size(p) == 0:
             raise ValueError(f"validate_data: data file {p!r} of {uri!r} is empty (0 bytes); rewrite it.")
