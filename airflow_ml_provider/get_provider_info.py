@@ -39,6 +39,7 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": [
                     "airflow_ml_provider.operators.base",
                     "airflow_ml_provider.operators.step",
+                    "airflow_ml_provider.operators.validation",
                 ],
             },
         ],

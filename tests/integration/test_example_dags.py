@@ -17,7 +17,7 @@ def test_example_dags_import_cleanly():
 
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert not bag.import_errors, bag.import_errors
-    assert {"example_ml_tracking"} <= set(bag.dags)
+    assert {"example_ml_tracking", "example_data_validation"} <= set(bag.dags)
 
 
 def test_example_ml_tracking_runs(airflow_db, mlflow_conn, mlflow_client, tmp_path):
@@ -36,3 +36,41 @@ def test_example_ml_tracking_runs(airflow_db, mlflow_conn, mlflow_client, tmp_pa
     assert set(by_name) == {dag_run.run_id, "generate_data", "describe_version[0]", "describe_version[1]"}
     assert by_name["describe_version[0]"].data.metrics["rows"] == 300.0
     assert 0.1 < by_name["describe_version[1]"].data.metrics["positive_rate"] < 0.6
+
+
+@pytest.mark.slow
+def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, mlflow_client, tmp_path):
+    dag_run = run_dag(
+        load_dag("example_data_validation"), conf={"data_root": str(tmp_path), "rows": 3000}, expect="failed"
+    )
+    assert task_states(dag_run) == {
+        "generate_data": "success",
+        "validate_v1": "success",
+        "validate_v2_fail": "failed",
+        "train_fail": "upstream_failed",
+        "validate_v2_skip": "skipped",
+        "train_skip": "skipped",
+        "validate_v2_warn": "success",
+        "train_warn": "success",
+    }
+    experiment = mlflow_client.get_experiment_by_name("example_data_validation")
+    runs = {
+        r.info.run_name: r
+        for r in mlflow_client.search_runs(
+            [experiment.experiment_id], f"tags.`airflow.run_id` = '{dag_run.run_id}'"
+        )
+    }
+    assert runs["validate_v2_fail"].info.status == "FAILED"
+    assert runs["validate_v2_skip"].info.status == "FINISHED"
+    assert runs["validate_v2_skip"].data.tags["airflow.state"] == "skipped"
+    for name in ("validate_v1", "validate_v2_fail", "validate_v2_warn"):
+        artifacts = {a.path for a in mlflow_client.list_artifacts(runs[name].info.run_id, "validation")}
+        assert {
+            "validation/statistics.pb",
+            "validation/anomalies.json",
+            "validation/anomalies.pbtxt",
+            "validation/report.html",
+        } <= artifacts, (name, artifacts)
+    assert runs["validate_v1"].data.metrics["anomaly_count"] == 0
+    assert runs["validate_v2_warn"].data.metrics["anomaly_count"] > 0
+    assert (tmp_path / "schema").exists() or any(tmp_path.rglob("schema.pbtxt"))

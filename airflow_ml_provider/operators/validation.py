@@ -1,0 +1,236 @@
+"""Validate a dataset version with TensorFlow Data Validation, as a gate in front of training."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.operators.step import MLStepOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_ml_provider.tracking import TaskRun
+
+ON_ANOMALY = ("fail", "skip", "warn")
+ARTIFACT_DIR = "validation"
+STEP_FIELDS = ("runner", "python", "step_timeout", "step_env")
+
+
+class DataValidationOperator(MLStepOperator):
+    """
+    Compute a dataset version's statistics, validate them, and gate what runs downstream.
+
+    The statistics are TFDV's, computed in bounded chunks (or with TFDV's Beam pipeline for data
+    beyond one machine). They are checked against the curated schema at ``schema_uri``; when no
+    schema exists there yet, one is inferred from this version and stored (the first run
+    bootstraps, later runs validate). With ``previous_statistics_uri`` the version is compared
+    with the previous one (drift), with ``serving_statistics_uri`` with serving data (skew).
+
+    Everything goes to the task's MLflow run under ``validation/``: statistics (binary proto),
+    anomalies (text proto and JSON), the schema used, an offline HTML report and PNG plots. XCom
+    gets a compact summary whose ``statistics_uri`` the next run can pass as
+    ``previous_statistics_uri``.
+
+    :param data_uri: the dataset version: a directory of csv/parquet files, or one file (templated).
+    :param schema_uri: the curated schema (TFDV text proto) (templated).
+    :param previous_statistics_uri: statistics of the previous version, a path or ``runs:/<run_id>/<path>``
+        (templated).
+    :param serving_statistics_uri: statistics of serving data, likewise (templated).
+    :param data_format: ``"csv"``, ``"parquet"``, or None to tell by file extension (templated).
+    :param on_anomaly: ``"fail"`` raises :class:`DataValidationFailed`; ``"skip"`` skips this task
+        and so the tasks downstream of it; ``"warn"`` logs and records the anomalies and goes on.
+    :param drift: thresholds, e.g. ``{"categorical_linf": 0.2, "numeric_jsd": 0.1,
+        "features": {"income": 0.05}}`` (templated).
+    :param skew: the same for train/serving skew (templated).
+    :param engine: ``"in_memory"`` (chunked, default) or ``"beam"``.
+    :param beam_pipeline_args: Beam pipeline options for ``engine="beam"``, e.g. ``["--runner=FlinkRunner"]``.
+    :param chunk_rows: rows per chunk of the in-memory engine.
+    """
+
+    template_fields: Sequence[str] = (
+        "data_uri",
+        "schema_uri",
+        "previous_statistics_uri",
+        "serving_statistics_uri",
+        "data_format",
+        "drift",
+        "skew",
+        "python",
+        *MLflowTrackedOperator.template_fields,
+    )
+    template_fields_renderers = {"drift": "json", "skew": "json"}
+    ui_color = "#e8f4d9"
+
+    def __init__(
+        self,
+        *,
+        data_uri: str,
+        schema_uri: str | None = None,
+        previous_statistics_uri: str | None = None,
+        serving_statistics_uri: str | None = None,
+        data_format: str | None = None,
+        on_anomaly: str = "fail",
+        drift: dict[str, Any] | None = None,
+        skew: dict[str, Any] | None = None,
+        engine: str = "in_memory",
+        beam_pipeline_args: list[str] | None = None,
+        chunk_rows: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(step="validate_data", **kwargs)
+        self.data_uri = data_uri
+        self.schema_uri = schema_uri
+        self.previous_statistics_uri = previous_statistics_uri
+        self.serving_statistics_uri = serving_statistics_uri
+        self.data_format = data_format
+        self.on_anomaly = on_anomaly
+        self.drift = drift
+        self.skew = skew
+        self.engine = engine
+        self.beam_pipeline_args = beam_pipeline_args
+        self.chunk_rows = chunk_rows
+        self._output_dir: str | None = None
+
+    def _check_arguments(self) -> None:
+        super()._check_arguments()
+        if self.on_anomaly not in ON_ANOMALY:
+            raise ValueError(
+                f"Task {self.task_id!r}: on_anomaly={self.on_anomaly!r} is not one of {', '.join(ON_ANOMALY)}."
+            )
+        if not self.data_uri:
+            raise ValueError(f"Task {self.task_id!r}: data_uri is empty (after rendering the template).")
+
+    def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
+        self._output_dir = tempfile.mkdtemp(prefix="ml-validation-")
+        spec: dict[str, Any] = {
+            "data_uri": str(self.data_uri),
+            "format": self.data_format,
+            "schema_uri": self.schema_uri,
+            "previous_statistics_uri": fetch_statistics(run, self.previous_statistics_uri, self._output_dir),
+            "serving_statistics_uri": fetch_statistics(run, self.serving_statistics_uri, self._output_dir),
+            "output_dir": f"{self._output_dir}/out",
+            "drift": self.drift,
+            "skew": self.skew,
+            "engine": self.engine,
+            "beam_pipeline_args": self.beam_pipeline_args,
+            "chunk_rows": self.chunk_rows,
+        }
+        return {key: value for key, value in spec.items() if value is not None}
+
+    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        try:
+            return super().execute_tracked(context, run)
+        finally:
+            if self._output_dir:
+                shutil.rmtree(self._output_dir, ignore_errors=True)
+
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        super().handle_result(context, run, spec, result)
+        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
+        summary = summarize(result, run)
+        anomalies = summary["anomalies"]
+        if result.get("schema_created"):
+            self.log.warning(
+                "No schema at %s: inferred one from this version and stored it.", self.schema_uri
+            )
+        if not anomalies:
+            self.log.info("%s: %d examples, no anomalies.", self.data_uri, summary["example_count"])
+            return summary
+        self._report_anomalies(summary)
+        return summary
+
+    def _report_anomalies(self, summary: dict[str, Any]) -> None:
+        from airflow.sdk.exceptions import AirflowSkipException
+
+        from airflow_ml_provider.exceptions import DataValidationFailed
+
+        error = DataValidationFailed(str(self.data_uri), summary["anomalies"], summary["report"])
+        if self.on_anomaly == "fail":
+            raise error
+        if self.on_anomaly == "skip":
+            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
+        self.log.warning("%s -- going on (on_anomaly='warn').", error)
+
+
+class SchemaInferenceOperator(MLStepOperator):
+    """
+    Infer a TFDV schema from a dataset version and store it, for teams that curate it by hand.
+
+    :param data_uri: the dataset version (templated).
+    :param schema_uri: where to write the schema text proto (templated).
+    :param data_format: ``"csv"``, ``"parquet"`` or None (templated).
+    :param overwrite: replace an existing schema file.
+    """
+
+    template_fields: Sequence[str] = (
+        "data_uri",
+        "schema_uri",
+        "data_format",
+        "python",
+        *MLflowTrackedOperator.template_fields,
+    )
+
+    def __init__(
+        self,
+        *,
+        data_uri: str,
+        schema_uri: str,
+        data_format: str | None = None,
+        overwrite: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(step="infer_schema", **kwargs)
+        self.data_uri = data_uri
+        self.schema_uri = schema_uri
+        self.data_format = data_format
+        self.overwrite = overwrite
+
+    def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
+        spec = {"data_uri": self.data_uri, "schema_uri": self.schema_uri, "overwrite": self.overwrite}
+        if self.data_format:
+            spec["format"] = self.data_format
+        return spec
+
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        super().handle_result(context, run, spec, result)
+        run.log_artifact(result["schema_uri"], ARTIFACT_DIR)
+        return result
+
+
+def fetch_statistics(run: TaskRun, uri: str | None, workdir: str) -> str | None:
+    """Resolve ``runs:/<run_id>/<path>`` statistics to a local file; other URIs pass through."""
+    if not uri or not uri.startswith("runs:/"):
+        return uri
+    run_id, _, path = uri[len("runs:/") :].partition("/")
+    if not run_id or not path:
+        raise ValueError(f"Statistics URI {uri!r} is not of the form runs:/<run_id>/<artifact path>.")
+    return str(run.hook.client.download_artifacts(run_id, path, workdir))
+
+
+def summarize(result: dict[str, Any], run: TaskRun) -> dict[str, Any]:
+    """The compact XCom summary: counts, anomalies, and where the artifacts are in MLflow."""
+    base = f"runs:/{run.run_id}/{ARTIFACT_DIR}"
+    return {
+        "data_uri": result.get("data_uri"),
+        "example_count": result.get("example_count", 0),
+        "anomaly_count": result.get("anomaly_count", len(result.get("anomalies", []))),
+        "anomalies": [
+            {k: a.get(k, "") for k in ("feature", "kind", "short_description")}
+            for a in result.get("anomalies", [])
+        ],
+        "drift": result.get("drift", {}),
+        "skew": result.get("skew", {}),
+        "schema_uri": result.get("schema_uri"),
+        "schema_created": bool(result.get("schema_created")),
+        "statistics_uri": f"{base}/statistics.pb",
+        "report": f"{base}/report.html" + (f" ({run.url})" if run.url else ""),
+        "mlflow_run_id": run.run_id,
+    }
