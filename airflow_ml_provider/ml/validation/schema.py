@@ -104,21 +104,18 @@ def _feature_kinds(stats: Any) -> dict[str, str]:
     return kinds
 
 
-def _is_categorical(feature: Any) -> bool:
-    from tensorflow_metadata.proto.v0 import schema_pb2
-
-    has_domain = feature.WhichOneof("domain_info") in ("domain", "string_domain", "bool_domain")
-    return bool(feature.type == schema_pb2.BYTES or has_domain)
-
-
 def add_comparators(
     schema: Any, current: Any, baseline: Any, thresholds: dict[str, Any], kind: str
 ) -> list[str]:
     """
     Set drift or skew comparators on every feature present in the schema, ``current`` and ``baseline``.
 
-    Categorical features (BYTES or with a domain) get an L-infinity comparator, numeric ones
-    (INT/FLOAT) a Jensen-Shannon divergence comparator.
+    The comparator follows the statistics both sides carry: features with categorical statistics
+    (STRING/BYTES, categorical ints) get an L-infinity comparator, features with numeric statistics a
+    Jensen-Shannon divergence comparator. That includes INT features with a ``bool_domain`` (TFDV
+    infers one for a 0/1 label): they only have numeric statistics, on which an L-infinity
+    comparator would always score 0, so label shift would go unseen. A feature whose kind differs
+    between the two sides (a type change) gets no comparator; validation reports the type change.
 
     :param schema: the schema copy used for validation (modified).
     :param current: statistics of this version.
@@ -127,14 +124,14 @@ def add_comparators(
     :param kind: ``"drift"`` or ``"skew"``.
     :return: the features that got a comparator.
     """
-    both = set(_feature_kinds(current)) & set(_feature_kinds(baseline))
+    now, before = _feature_kinds(current), _feature_kinds(baseline)
     overrides = thresholds.get("features") or {}
     compared = []
     for feature in schema.feature:
-        if feature.name not in both:
-            continue  # TFDV has nothing to compare a new or dropped feature with
+        if feature.name not in now or now[feature.name] != before.get(feature.name):
+            continue  # nothing to compare a new, dropped or retyped feature with
         comparator = getattr(feature, f"{kind}_comparator")
-        if _is_categorical(feature):
+        if now[feature.name] == "categorical":
             default = thresholds.get("categorical_linf", DEFAULT_CATEGORICAL_LINF)
             comparator.infinity_norm.threshold = float(overrides.get(feature.name, default))
         else:

@@ -172,9 +172,34 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
     """
     Compute TFDV statistics of a dataset version and validate them against a schema and baselines.
 
-    :param spec: see ``airflow_ml_provider.ml.validation`` for the keys (``data_uri`` and
-        ``output_dir`` required).
-    :return: the result dict (summary, anomalies, drift/skew scores, artifact paths, metrics).
+    Anomalies are reported in the result, not raised; bad input (missing, empty, header-only,
+    corrupt or mis-formatted files, a schema or statistics file that does not parse) raises
+    ``FileNotFoundError`` / ``ValueError`` naming the input. Artifacts are written into a hidden
+    staging directory and moved into ``output_dir`` only when everything succeeded.
+
+    :param spec: a dict with the keys below.
+
+        - ``data_uri`` (required): a version directory (its visible ``*.csv`` / ``*.parquet``
+          files; ``_SUCCESS`` and hidden files are ignored) or one file; local path, ``file://``
+          or any fsspec URI.
+        - ``output_dir`` (required): local directory for the artifacts (created).
+        - ``format``: ``"csv"``, ``"parquet"`` or null to detect from the extensions.
+        - ``schema_uri``: TFDV schema text proto. Missing file: a schema is inferred from this
+          version and stored there (``schema_created``); null: inferred in memory, not stored.
+        - ``previous_statistics_uri`` / ``serving_statistics_uri``: a ``statistics.pb`` of an
+          earlier run, for drift / skew comparators.
+        - ``drift`` / ``skew``: ``{"categorical_linf": 0.1, "numeric_jsd": 0.03,
+          "features": {name: threshold}}`` (defaults calibrated on the demo generator, see
+          ``schema.py``).
+        - ``label``: the label column (default ``"label"``); recorded, validated like the rest.
+        - ``engine``: ``"in_memory"`` (default; pyarrow chunks + TFDV in-memory generators) or
+          ``"beam"`` (CSV only; ``beam_pipeline_args`` such as ``["--runner=FlinkRunner", ...]``).
+        - ``chunk_rows``: rows per chunk for ``in_memory`` (default 200,000).
+    :return: ``{"data_uri", "format", "label", "engine", "example_count", "feature_count",
+        "schema_uri", "schema_created", "anomalies": [{"feature", "kind", "short_description",
+        "description", "severity"}], "anomaly_count", "drift", "skew", "artifacts": {"statistics",
+        "anomalies_text", "anomalies_json", "schema", "report_html", "plots"}, "mlflow":
+        {"metrics"}}``.
     """
     import tensorflow_data_validation as tfdv
 

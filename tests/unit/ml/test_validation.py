@@ -23,6 +23,7 @@ VERSIONS = {
     3: {"drift": 0.5},
     4: {"drift": 1.0},
     5: {"new_category": "region"},
+    6: {"label_shift": 0.3},
 }
 
 
@@ -129,6 +130,34 @@ def test_new_category_is_an_anomaly(data: dict[str, Any]) -> None:
     assert ("region", "ENUM_TYPE_UNEXPECTED_STRING_VALUES") in found
     assert ("region", "COMPARATOR_L_INFTY_HIGH") in found
     assert result["drift"]["region"] > 0.2
+
+
+def test_label_shift_is_drift_on_the_label(data: dict[str, Any]) -> None:
+    """TFDV infers a bool_domain for the 0/1 label; it still gets a JSD comparator, not L-inf."""
+    result = run_against_first(data, 6)
+    assert ("label", "COMPARATOR_JENSEN_SHANNON_DIVERGENCE_HIGH") in kinds(result), result["drift"]
+    assert result["drift"]["label"] > 0.03
+    assert result["drift"]["is_active"] < 0.01
+
+
+def test_memory_filesystem(data: dict[str, Any], tmp_path: Path) -> None:
+    import fsspec
+
+    memory = fsspec.filesystem("memory")
+    source = Path(version(data["root"], 1)) / "part-00000.csv"
+    memory.pipe("/validation-test/v1/part-00000.csv", source.read_bytes())
+    try:
+        result = validate_data(
+            {
+                "data_uri": "memory://validation-test/v1",
+                "output_dir": str(tmp_path / "out"),
+                "schema_uri": "memory://validation-test/schema.pbtxt",
+            }
+        )
+        assert result["example_count"] == ROWS and result["schema_created"] is True
+        assert memory.isfile("/validation-test/schema.pbtxt")
+    finally:
+        memory.rm("/validation-test", recursive=True)
 
 
 def test_skew_against_serving_statistics(data: dict[str, Any]) -> None:
