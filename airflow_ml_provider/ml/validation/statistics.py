@@ -65,7 +65,7 @@ def _normalise_column(array: Any) -> Any:
     return array.cast(pa.string())  # timestamps, dates, times: described as text
 
 
-def _canonical(batch: Any) -> Any:
+def canonical_batch(batch: Any) -> Any:
     """Turn a flat RecordBatch (:param batch:) into the list-array batch TFDV generators expect."""
     import pyarrow as pa
     from tfx_bsl.arrow import table_util
@@ -278,7 +278,7 @@ class _Accumulator:
             return
         self.rows += batch.num_rows
         part = stats_impl.generate_partial_statistics_in_memory(
-            _canonical(batch), self.options, self.generators
+            canonical_batch(batch), self.options, self.generators
         )
         self._merge_partial(part)
 
@@ -360,37 +360,3 @@ def compute_statistics(files: DataFiles, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
             raise _read_error(path, files.format, err) from err
     log.info("Statistics of %s: %d rows in %d file(s)", files.uri, acc.rows, len(files.paths))
     return acc.result()
-
-
-def compute_statistics_beam(files: DataFiles, pipeline_args: list[str], output_path: str) -> Any:
-    """
-    Compute statistics with a Beam pipeline (for data beyond one machine); CSV only.
-
-    :param files: the data files; they must share one header.
-    :param pipeline_args: Beam pipeline arguments, e.g. ``["--runner=FlinkRunner", ...]``.
-    :param output_path: where the pipeline writes the binary statistics file.
-    """
-    import tensorflow_data_validation as tfdv
-    from apache_beam.options.pipeline_options import PipelineOptions
-
-    if files.format != "csv":
-        raise ValueError("validate_data: engine 'beam' reads csv only; use engine 'in_memory' for parquet.")
-    protocol = files.fs.protocol if isinstance(files.fs.protocol, str) else files.fs.protocol[0]
-    locations = [p if protocol in ("file", "local") else f"{protocol}://{p}" for p in files.paths]
-    pattern = locations[0] if len(locations) == 1 else _common_glob(locations)
-    return tfdv.generate_statistics_from_csv(
-        data_location=pattern,
-        stats_options=stats_options(),
-        output_path=output_path,
-        pipeline_options=PipelineOptions(list(pipeline_args)),
-    )
-
-
-def _common_glob(locations: list[str]) -> str:
-    """A ``<dir>/*.csv`` pattern covering files of one directory (:param locations:)."""
-    import posixpath
-
-    parents = {posixpath.dirname(p) for p in locations}
-    if len(parents) != 1:
-        raise ValueError(f"validate_data: engine 'beam' wants the files in one directory, got {parents}.")
-    return posixpath.join(parents.pop(), "*.csv")

@@ -8,11 +8,7 @@ from typing import Any
 
 from airflow_ml_provider.ml.validation import schema as schema_lib
 from airflow_ml_provider.ml.validation.io import StagedOutput, exists, find_data_files, write_atomic
-from airflow_ml_provider.ml.validation.statistics import (
-    DEFAULT_CHUNK_ROWS,
-    compute_statistics,
-    compute_statistics_beam,
-)
+from airflow_ml_provider.ml.validation.statistics import DEFAULT_CHUNK_ROWS, compute_statistics
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +94,8 @@ def _statistics(settings: dict[str, Any], staged: StagedOutput | None = None) ->
     """
     files = find_data_files(settings["data_uri"], settings.get("format"))
     if settings.get("engine") == "beam" and staged is not None:
+        from airflow_ml_provider.ml.validation.beam import compute_statistics_beam
+
         stats = compute_statistics_beam(
             files, settings["beam_pipeline_args"], str(staged.tmp / "beam_statistics.pb")
         )

@@ -297,8 +297,9 @@ def test_infer_schema(data: dict[str, Any], tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_beam_engine_direct_runner(tmp_path: Path) -> None:
-    generate_dataset({"root": str(tmp_path / "d"), "versions": 1, "rows": 200})
+@pytest.mark.parametrize("fmt", ["csv", "parquet"])
+def test_beam_engine_direct_runner(tmp_path: Path, fmt: str) -> None:
+    generate_dataset({"root": str(tmp_path / "d"), "versions": 1, "rows": 200, "format": fmt})
     result = validate_data(
         {
             "data_uri": str(tmp_path / "d" / "version=0001"),
@@ -309,7 +310,7 @@ def test_beam_engine_direct_runner(tmp_path: Path) -> None:
     )
     assert result["example_count"] == 200
     assert result["feature_count"] == 9
-    assert result["engine"] == "beam"
+    assert result["engine"] == "beam" and result["format"] == fmt
     assert sorted(os.listdir(tmp_path / "out")) == [
         "anomalies.json",
         "anomalies.pbtxt",
