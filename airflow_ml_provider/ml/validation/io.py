@@ -180,8 +180,17 @@ class StagedOutput:
         """Where the staged entry :param name: ends up."""
         return str(self.final / name)
 
-    def commit(self) -> None:
-        """Move every staged entry into ``output_dir``, replacing older ones."""
+    def commit(self, owned: tuple[str, ...] = ()) -> None:
+        """
+        Move every staged entry into ``output_dir``, replacing older ones.
+
+        :param owned: entry names this step writes; older ones this run did not write are removed
+            (so a run without plots does not leave an earlier run's plots behind).
+        """
+        for name in owned:
+            stale = self.final / name
+            if not (self.tmp / name).exists() and stale.exists():
+                shutil.rmtree(stale) if stale.is_dir() else stale.unlink()
         for entry in sorted(self.tmp.iterdir()):
             target = self.final / entry.name
             if target.is_dir():

@@ -28,6 +28,14 @@ VALIDATE_KEYS = {
 }
 INFER_KEYS = {"data_uri", "format", "schema_uri", "overwrite", "chunk_rows"}
 ENGINES = ("in_memory", "beam")
+ARTIFACT_NAMES = (
+    "statistics.pb",
+    "anomalies.pbtxt",
+    "anomalies.json",
+    "schema.pbtxt",
+    "report.html",
+    "plots",
+)
 THRESHOLD_KEYS = {"categorical_linf", "numeric_jsd", "features"}
 
 
@@ -232,7 +240,7 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
         result["artifacts"] = _write_artifacts(staged, stats, used, anomalies, result, previous)
         if create:
             _store_schema(schema, settings["schema_uri"], settings["data_uri"])
-        staged.commit()
+        staged.commit(owned=ARTIFACT_NAMES)
     except BaseException:
         staged.discard()
         raise

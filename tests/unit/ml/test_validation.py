@@ -237,6 +237,27 @@ def test_chunked_statistics_equal_one_shot(tmp_path: Path, fmt: str) -> None:
             assert [v.value for v in a.top_values] == [v.value for v in b.top_values]
 
 
+def test_rerun_into_the_same_output_dir_drops_stale_plots(data: dict[str, Any], tmp_path: Path) -> None:
+    out = str(tmp_path / "out")
+    with_plots = validate_data(
+        {
+            "data_uri": version(data["root"], 2),
+            "output_dir": out,
+            "previous_statistics_uri": data["first"]["artifacts"]["statistics"],
+        }
+    )
+    assert with_plots["artifacts"]["plots"] and (tmp_path / "out" / "plots").is_dir()
+    without = validate_data({"data_uri": version(data["root"], 3), "output_dir": out})
+    assert without["artifacts"]["plots"] == []
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "anomalies.json",
+        "anomalies.pbtxt",
+        "report.html",
+        "schema.pbtxt",
+        "statistics.pb",
+    ]
+
+
 def test_failed_run_leaves_no_artifacts(
     data: dict[str, Any], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
