@@ -24,7 +24,7 @@ DEFAULT_CHUNK_ROWS = 200_000
 # More than TFDV's default 10 equal-width buckets: the JSD drift comparator works on these
 # histograms, and 20 halve the resample noise of long-tailed features (see schema.py).
 HISTOGRAM_BUCKETS = 20
-_MIN_BLOCK_BYTES = 1 << 16
+_MIN_BLOCK_BYTES = 1 << 12
 _MAX_BLOCK_BYTES = 1 << 28
 _CONVERSION_ERROR = re.compile(r"CSV column #(\d+).*conversion error to (\w+)", re.DOTALL)
 # When a later CSV chunk does not fit the type inferred from the first one, widen the column:

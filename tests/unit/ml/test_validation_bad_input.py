@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from pathlib import Path
@@ -155,26 +156,40 @@ def test_type_change(base: dict[str, Any]) -> None:
     assert all(a["severity"] == "ERROR" for a in result["anomalies"] if a["feature"] == "age")
 
 
-def test_text_in_a_later_chunk_of_a_numeric_column(base: dict[str, Any], tmp_path: Path) -> None:
+def test_text_in_a_later_chunk_of_a_numeric_column(
+    base: dict[str, Any], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     lines = clean_csv(base).decode().splitlines()
     age = lines[0].split(",").index("age")
     rows = [line.split(",") for line in lines[1:]]
     rows[-1][age] = "n/a"  # only the last chunk: pyarrow guessed int64 from the first one
     rows[-2][age] = "41.5"
     (tmp_path / "part-00000.csv").write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
-    result = run(base, tmp_path, chunk_rows=100)
+    with caplog.at_level(logging.WARNING, logger="airflow_ml_provider.ml.validation"):
+        result = run(base, tmp_path, chunk_rows=100)
     assert result["example_count"] == ROWS
     assert ("age", "UNEXPECTED_DATA_TYPE") in kinds(result)
+    retyped = [r.getMessage() for r in caplog.records if "re-reading the file" in r.getMessage()]
+    assert len(retyped) == 2, retyped  # int64 -> float64 ("41.5"), then -> string ("n/a")
+    assert "'age'" in retyped[0] and "float64" in retyped[0] and "string" in retyped[1]
 
 
-def test_float_in_a_later_chunk_widens_int_to_float(tmp_path: Path) -> None:
-    text = "n,c\n" + "".join(f"{i},a\n" for i in range(3000)) + "2.5,b\n"
+def test_later_chunks_widen_column_types(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """int -> float for "2.5"; an all-empty column in the first chunk -> float -> string."""
+    text = "n,e,c\n" + "".join(f"{i},,a\n" for i in range(3000)) + "2.5,1.5,b\n2,text,b\n"
     (tmp_path / "part-00000.csv").write_text(text)
-    result = validate_data(
-        {"data_uri": str(tmp_path), "output_dir": str(tmp_path / "out"), "chunk_rows": 200}
-    )
-    schema = Path(result["artifacts"]["schema"]).read_text()
-    assert 'name: "n"\n  type: FLOAT' in schema
+    with caplog.at_level(logging.WARNING, logger="airflow_ml_provider.ml.validation"):
+        result = validate_data(
+            {"data_uri": str(tmp_path), "output_dir": str(tmp_path / "out"), "chunk_rows": 200}
+        )
+    assert result["example_count"] == 3002
+    from google.protobuf import text_format
+    from tensorflow_metadata.proto.v0 import schema_pb2
+
+    schema = text_format.Parse(Path(result["artifacts"]["schema"]).read_text(), schema_pb2.Schema())
+    types = {f.name: schema_pb2.FeatureType.Name(f.type) for f in schema.feature}
+    assert types == {"n": "FLOAT", "e": "BYTES", "c": "BYTES"}
+    assert sum("re-reading the file" in r.getMessage() for r in caplog.records) == 3
 
 
 def test_null_spike(base: dict[str, Any]) -> None:
