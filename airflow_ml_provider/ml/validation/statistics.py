@@ -10,10 +10,12 @@ chunk is held in memory.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import re
 import threading
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from airflow_ml_provider.ml.validation.io import DataFiles
@@ -239,6 +241,10 @@ def _parquet_batches(fs: Any, path: str, chunk_rows: int) -> Iterator[Any]:
         yield from pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows)
 
 
+# Shared by all accumulators of the process; threads are created on first use.
+_POOL = ThreadPoolExecutor(max_workers=max(2, min(4, os.cpu_count() or 2)), thread_name_prefix="tfdv-stats")
+
+
 class _Accumulator:
     """Running TFDV accumulators, one per generator, merged chunk by chunk."""
 
@@ -277,9 +283,18 @@ class _Accumulator:
         if batch.num_rows == 0:
             return
         self.rows += batch.num_rows
-        part = stats_impl.generate_partial_statistics_in_memory(
-            canonical_batch(batch), self.options, self.generators
-        )
+        record_batch = canonical_batch(batch)
+        if self.options.feature_allowlist or len(self.generators) < 2:
+            part = stats_impl.generate_partial_statistics_in_memory(
+                record_batch, self.options, self.generators
+            )
+        else:
+            # TFDV's generators are independent and spend much of their time in Arrow and C++
+            # code that releases the GIL: running them side by side uses the second core.
+            futures = [
+                _POOL.submit(gen.add_input, gen.create_accumulator(), record_batch) for gen in self.generators
+            ]
+            part = [future.result() for future in futures]
         self._merge_partial(part)
 
     def result(self) -> Any:
