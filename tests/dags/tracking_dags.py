@@ -31,3 +31,17 @@ with DAG("test_tracking_mapped", schedule=None, catchup=False, tags=["test"]):
 with DAG("test_tracking_bad_connection", schedule=None, catchup=False, tags=["test"]):
     MLStepOperator(task_id="unreachable", step="echo", mlflow_conn_id="mlflow_unreachable")
     MLStepOperator(task_id="wrong_token", step="echo", mlflow_conn_id="mlflow_wrong_token")
+
+with DAG(
+    "test_schema_inference", schedule=None, catchup=False, render_template_as_native_obj=True, tags=["test"]
+):
+    from airflow_ml_provider.operators.validation import SchemaInferenceOperator
+
+    data = MLStepOperator(
+        task_id="data", step="generate_dataset", spec={"root": "{{ dag_run.conf['root'] }}/data", "rows": 500}
+    )
+    SchemaInferenceOperator(
+        task_id="infer",
+        data_uri="{{ ti.xcom_pull('data')['versions'][0]['uri'] }}",
+        schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
+    ).set_upstream(data)

@@ -71,6 +71,15 @@ def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, m
             "validation/anomalies.pbtxt",
             "validation/report.html",
         } <= artifacts, (name, artifacts)
+    for name in ("validate_v2_fail", "validate_v2_warn"):  # histograms against the previous version
+        plots = mlflow_client.list_artifacts(runs[name].info.run_id, "validation/plots")
+        assert any(p.path.endswith(".png") for p in plots), (name, plots)
+    report = mlflow_client.download_artifacts(
+        runs["validate_v2_warn"].info.run_id, "validation/report.html", str(tmp_path)
+    )
+    html = Path(report).read_text()
+    assert "<script src" not in html and "<link " not in html  # renders offline
+    assert "region" in html and "data:image/png;base64," in html
     assert runs["validate_v1"].data.metrics["anomaly_count"] == 0
     assert runs["validate_v2_warn"].data.metrics["anomaly_count"] > 0
     assert (tmp_path / "schema").exists() or any(tmp_path.rglob("schema.pbtxt"))

@@ -116,3 +116,21 @@ def test_bad_connection_fails_the_task_naming_the_uri_without_the_token(
     assert f"MLflow tracking server {dead} is unreachable" in text
     assert f"MLflow tracking server {mlflow_auth_server.url} refused the credentials" in text
     assert "tok-unreachable-42" not in text and "tok-wrong-42" not in text
+
+
+@pytest.mark.slow
+def test_schema_inference_operator_stores_and_records_the_schema(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path
+):
+    dag_id = "test_schema_inference"
+    dag_run = run_dag(load_dag(dag_id), conf={"root": str(tmp_path)})
+
+    schema = (tmp_path / "schema.pbtxt").read_text()
+    assert 'name: "income"' in schema and 'name: "region"' in schema
+    result = _xcom(dag_id, dag_run.run_id, "infer")["return_value"]
+    assert result["schema_uri"] == str(tmp_path / "schema.pbtxt")
+    assert result["example_count"] == 500
+    (run,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.task_id": "infer"})
+    assert [a.path for a in mlflow_client.list_artifacts(run.info.run_id, "validation")] == [
+        "validation/schema.pbtxt"
+    ]
