@@ -45,3 +45,34 @@ with DAG(
         data_uri="{{ ti.xcom_pull('data')['versions'][0]['uri'] }}",
         schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
     ).set_upstream(data)
+
+with DAG(
+    "test_validation_in_another_python",
+    schedule=None,
+    catchup=False,
+    render_template_as_native_obj=True,
+    tags=["test"],
+):
+    import sys
+
+    from airflow_ml_provider.operators.validation import DataValidationOperator
+
+    versions = MLStepOperator(
+        task_id="data",
+        step="generate_dataset",
+        spec={
+            "root": "{{ dag_run.conf['root'] }}/data",
+            "rows": 800,
+            "versions": 2,
+            "knobs_per_version": {"2": {"missing_column": "age"}},
+        },
+    )
+    DataValidationOperator(
+        task_id="validate",
+        data_uri="{{ ti.xcom_pull('data')['versions'][1]['uri'] }}",
+        schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
+        on_anomaly="warn",
+        runner="python",
+        python=sys.executable,
+        step_timeout=300,
+    ).set_upstream(versions)

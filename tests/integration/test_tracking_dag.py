@@ -134,3 +134,23 @@ def test_schema_inference_operator_stores_and_records_the_schema(
     assert [a.path for a in mlflow_client.list_artifacts(run.info.run_id, "validation")] == [
         "validation/schema.pbtxt"
     ]
+
+
+@pytest.mark.slow
+def test_validation_runs_in_another_interpreter(airflow_db, mlflow_conn, mlflow_client, tmp_path, capfd):
+    """runner="python": the step runs in a child interpreter; its log streams into the task log."""
+    from airflow_ml_provider.ml.datagen import generate_dataset
+    from airflow_ml_provider.ml.validation import infer_schema
+
+    # A curated schema from a clean version; the DAG's version 2 lacks a column.
+    clean = generate_dataset({"root": str(tmp_path / "clean"), "rows": 800})
+    infer_schema({"data_uri": clean["versions"][0]["uri"], "schema_uri": str(tmp_path / "schema.pbtxt")})
+    dag_id = "test_validation_in_another_python"
+    dag_run = run_dag(load_dag(dag_id), conf={"root": str(tmp_path)})
+
+    summary = _xcom(dag_id, dag_run.run_id, "validate")["return_value"]
+    assert summary["schema_created"] is False
+    assert any(a["feature"] == "age" for a in summary["anomalies"]), summary["anomalies"]
+    assert "[step validate_data]" in capfd.readouterr().out  # the child's lines, streamed
+    (run,) = _runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.task_id": "validate"})
+    assert run.data.metrics["anomaly_count"] >= 1
