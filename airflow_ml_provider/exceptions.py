@@ -27,18 +27,6 @@ class MlflowConnectionError(MLProviderError):
     """The MLflow tracking server could not be reached or refused the credentials."""
 
 
-class OptionalDependencyMissing(MLProviderError, ImportError):
-    """An extra of the provider is needed but not installed."""
-
-    def __init__(self, package: str, extra: str, purpose: str) -> None:
-        self.package = package
-        self.extra = extra
-        super().__init__(
-            f"{purpose} needs the package {package!r}, which is not installed. Install the extra: "
-            f"pip install 'airflow-ml-provider[{extra}]' (in the interpreter that runs this step)."
-        )
-
-
 class DataValidationFailed(MLProviderError):
     """A dataset version has anomalies against its schema (or drift / skew past a threshold)."""
 

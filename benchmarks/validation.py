@@ -91,6 +91,14 @@ CASE_IMPORTS["step profile"] = CASE_IMPORTS["step"]
 # --------------------------------------------------------------------------- child side
 
 
+def _lookup(module: Any, name: str) -> Any:
+    """``module.name`` for the profiler to wrap, or None (said on stderr) when it is not there."""
+    original = getattr(module, name, None)
+    if original is None:
+        print(f"profile: {getattr(module, '__name__', module)}.{name} not found; not timed", file=sys.stderr)
+    return original
+
+
 class _Timers:
     """Wall time per label, collected by wrapping functions of the step's modules (thread-safe)."""
 
@@ -107,11 +115,8 @@ class _Timers:
             self.calls[label] = self.calls.get(label, 0) + 1
 
     def wrap(self, module: Any, name: str, label: str) -> None:
-        original = getattr(module, name, None)
+        original = _lookup(module, name)
         if original is None:
-            print(
-                f"profile: {getattr(module, '__name__', module)}.{name} not found; not timed", file=sys.stderr
-            )
             return
 
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -125,11 +130,8 @@ class _Timers:
 
     def wrap_generator(self, module: Any, name: str, label: str) -> None:
         """Time every ``next()`` of the generator function ``module.name`` (e.g. CSV batches)."""
-        original = getattr(module, name, None)
+        original = _lookup(module, name)
         if original is None:
-            print(
-                f"profile: {getattr(module, '__name__', module)}.{name} not found; not timed", file=sys.stderr
-            )
             return
 
         def timed(*args: Any, **kwargs: Any) -> Any:

@@ -189,8 +189,9 @@ def run_dag(dag: Any, *, conf: dict[str, Any] | None = None, expect: str | None 
     """Run ``dag`` once with ``dag.test()``; check the run's state; return the DagRun."""
     dag_run = dag.test(run_conf=conf)
     if expect is not None:
-        states = {ti.task_id: ti.state for ti in dag_run.get_task_instances()}
-        assert str(dag_run.state) == expect, f"DAG run {dag_run.run_id} is {dag_run.state}: {states}"
+        assert str(dag_run.state) == expect, (
+            f"DAG run {dag_run.run_id} is {dag_run.state}: {task_states(dag_run)}"
+        )
     return dag_run
 
 

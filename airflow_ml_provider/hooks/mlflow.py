@@ -415,11 +415,6 @@ class MlflowHook(BaseHook):
             return None
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
 
-    def experiment_url(self, experiment_id: str) -> str | None:
-        """Link to an experiment in the MLflow UI, when the connection has a UI address."""
-        base = self.settings.ui_url
-        return f"{base}/#/experiments/{experiment_id}" if base else None
-
 
 def _param_value(value: Any) -> str:
     """MLflow params are strings of at most 6000 characters; containers are logged as JSON."""
