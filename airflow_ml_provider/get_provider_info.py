@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 INTEGRATION = "MLflow"
+DATASETS = "Dataset versions"
 DOCS_URL = "https://github.com/airflow-ml-provider/airflow-ml-provider"
 
 
@@ -29,9 +30,21 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": "https://mlflow.org/docs/latest/",
                 "tags": ["software"],
             },
+            {
+                "integration-name": DATASETS,
+                "external-doc-url": "https://airflow.apache.org/docs/apache-airflow/stable/authoring-and-scheduling/event-scheduling.html",
+                "tags": ["software"],
+            },
         ],
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
+            {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.hooks.datasets"]},
+        ],
+        "sensors": [
+            {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.sensors.dataset"]},
+        ],
+        "triggers": [
+            {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.triggers.dataset"]},
         ],
         "operators": [
             {

@@ -223,6 +223,21 @@ def end_task_run(run: TaskRun, identity: TaskIdentity, *, success: bool) -> None
             run.hook.client.set_terminated(run.parent_run_id, status=status)
 
 
+def _record_dataset_versions(run: TaskRun, context: Context) -> None:
+    """Tag the parent run with the dataset versions that started the DAG run (see versions.py)."""
+    from airflow_ml_provider.versions import version_tags
+
+    try:
+        tags = version_tags(context)
+        if tags:
+            run.hook.log_batch(run.parent_run_id, tags=tags)
+    except Exception:
+        # Recording lineage must not fail the task; the task's own run still says what it read.
+        log.warning(
+            "Could not record the dataset versions on parent run %s", run.parent_run_id, exc_info=True
+        )
+
+
 @contextmanager
 def tracked_task(
     context: Context,
@@ -255,6 +270,7 @@ def tracked_task(
             f"Could not start the MLflow run of task {identity.task_run_name} on {hook.describe()}: "
             f"{type(err).__name__}: {err}"
         ) from err
+    _record_dataset_versions(run, context)
     log.info(
         "MLflow run %s (%s) of task %s, parent run %s%s",
         run.run_id,

@@ -172,7 +172,8 @@ def parse_report(tmp_path_factory: pytest.TempPathFactory) -> tuple[int, dict[st
 
 def test_targets_cover_provider_info():
     info = get_provider_info()
-    listed = {m for section in ("hooks", "operators") for e in info[section] for m in e["python-modules"]}
+    sections = ("hooks", "operators", "sensors", "triggers")
+    listed = {m for section in sections for e in info[section] for m in e["python-modules"]}
     listed |= {c["hook-class-name"].rsplit(".", 1)[0] for c in info["connection-types"]}
     listed |= {link.rsplit(".", 1)[0] for link in info["extra-links"]}
     assert listed <= set(MODULES)

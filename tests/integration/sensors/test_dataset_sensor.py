@@ -1,0 +1,111 @@
+"""DatasetVersionSensor through real Airflow (dag.test: poke, and deferred to its trigger run inline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from dataset_fixtures import land
+from harness import load_dag, run_dag, task_states
+
+pytestmark = pytest.mark.integration
+
+
+def _xcom(dag_id: str, run_id: str, task_id: str) -> Any:
+    from airflow.models.xcom import XComModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        row = (
+            session.query(XComModel)
+            .filter_by(dag_id=dag_id, run_id=run_id, task_id=task_id, key="return_value")
+            .one()
+        )
+        return XComModel.deserialize_value(row)
+
+
+def _asset_event_extras(asset_name: str, run_id: str) -> list[dict[str, Any]]:
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == asset_name, AssetEvent.source_run_id == run_id)
+            .all()
+        )
+        return [dict(row.extra or {}) for row in rows]
+
+
+@pytest.mark.parametrize("mode", ["poke", "deferred"])
+def test_sensor_delivers_newer_versions_and_remembers_the_last(airflow_db, tmp_path: Path, mode: str):
+    dag_id = f"test_dataset_sensor_{mode}"
+    root = tmp_path / "churn"
+    land(root, "0001")
+    land(root, "0002")
+    land(root, "0003", marker=False)  # incomplete: not a version yet
+    dag = load_dag(dag_id)
+
+    first = run_dag(dag, conf={"root": str(root)})
+    value = _xcom(dag_id, first.run_id, "wait")
+    assert value["version"] == "0002" and value["covered_versions"] == ["0001", "0002"]
+    assert value["uri"] == f"{root}/version=0002"
+    (extra,) = _asset_event_extras("test_dataset_checked", first.run_id)
+    assert extra["version"] == "0002" and extra["fingerprint"] == value["fingerprint"]
+
+    (root / "version=0003" / "_SUCCESS").touch()
+    second = run_dag(dag, conf={"root": str(root)})
+    value = _xcom(dag_id, second.run_id, "wait")
+    # The asset state store kept 0002 as delivered: only 0003 is newer.
+    assert value["version"] == "0003" and value["previous_version"] == "0002"
+    assert value["covered_versions"] == ["0003"]
+
+
+def test_sensor_times_out_when_nothing_newer(airflow_db, tmp_path: Path):
+    root = tmp_path / "sales"
+    land(root, "5")
+    dag = load_dag("test_dataset_sensor_no_asset")
+    failed = run_dag(dag, conf={"root": str(root), "after": "5"}, expect="failed")
+    assert task_states(failed) == {"wait": "failed"}
+    done = run_dag(dag, conf={"root": str(root), "after": "4"})
+    assert _xcom("test_dataset_sensor_no_asset", done.run_id, "wait")["version"] == "5"
+
+
+def test_sensor_bad_argument_fails_naming_it(airflow_db, tmp_path: Path):
+    dag = load_dag("test_dataset_sensor_poke")
+    task = dag.get_task("wait")
+    original = task.ordering
+    task.ordering = "newest"
+    try:
+        failed = run_dag(dag, conf={"root": str(tmp_path)}, expect="failed")
+    finally:
+        task.ordering = original
+    assert task_states(failed) == {"wait": "failed"}
+
+
+def test_dataset_version_from_conf_reaches_fields_and_the_parent_run(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path: Path
+):
+    dag_id = "test_dataset_version_arg"
+    conf = {"dataset_version": {"version": "0007", "uri": f"{tmp_path}/version=0007", "name": "churn"}}
+    dag_run = run_dag(load_dag(dag_id), conf=conf)
+    assert _xcom(dag_id, dag_run.run_id, "echo_version")["payload"] == {
+        "version": "0007",
+        "uri": f"{tmp_path}/version=0007",
+    }
+    assert _xcom(dag_id, dag_run.run_id, "whole")["version"] == "0007"
+    experiment = mlflow_client.get_experiment_by_name(dag_id)
+    (parent,) = mlflow_client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.role` = 'dag_run'",
+    )
+    assert parent.data.tags["dataset.churn.version"] == "0007"
+    assert parent.data.tags["dataset.churn.uri"] == f"{tmp_path}/version=0007"
+
+
+def test_dataset_version_missing_fails_with_a_clear_message(airflow_db, mlflow_conn, caplog):
+    dag_run = run_dag(load_dag("test_dataset_version_arg"), expect="failed")
+    assert task_states(dag_run)["echo_version"] == "failed"
+    assert "has no dataset version from asset 'test_dataset_versions'" in caplog.text
