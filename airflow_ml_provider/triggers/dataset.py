@@ -30,6 +30,12 @@ COMMIT_DELAY_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 60.0
 # Version names kept in the watermark; older ones are summarised by a floor.
 MAX_KNOWN_VERSIONS = 2000
+DELIVERED_SUFFIX = ".delivered"
+
+
+def delivered_key(state_key: str) -> str:
+    """State key of the versions the provider's listener recorded as stored with their event."""
+    return state_key + DELIVERED_SUFFIX
 
 
 def payload_of(version: DatasetVersion, previous: str | None, source: DatasetVersionSource) -> dict[str, Any]:
@@ -74,6 +80,10 @@ class _Watermark:
         self.floor: str | None = state.get("floor")
         self.last: dict[str, Any] | None = state.get("last")
         self.initialised = bool(state)
+        newest = max(self.known, key=self._key, default=None)
+        if newest is not None and newest != (self.last or {}).get("version"):
+            # Delivered after the last commit (recorded by the listener): it is the previous one now.
+            self.last = {"version": newest}
 
     def is_new(self, version: str) -> bool:
         if version in self.known:
@@ -228,14 +238,22 @@ class DatasetVersionTrigger(BaseEventTrigger):
 
     async def _load_state(self, key: str) -> dict[str, Any] | None:
         states = []
+        delivered: set[str] = set()
         for accessor in self._stores():
             value = await accessor.aget(key)
             if isinstance(value, dict):
                 states.append(value)
-        if not states:
+            # Versions whose events the database holds, recorded in the same transaction by the
+            # provider's listener (plugins/dataset_versions.py): never fire those again.
+            recorded = await accessor.aget(delivered_key(key))
+            if isinstance(recorded, list):
+                delivered.update(str(v) for v in recorded)
+        if not states and not delivered:
             return None
         # Several assets: the smallest watermark wins, so no asset misses a version.
-        return min(states, key=lambda s: len(s.get("known") or []))
+        state: dict[str, Any] = min(states, key=lambda s: len(s.get("known") or [])) if states else {}
+        state["known"] = sorted({*(state.get("known") or []), *delivered})
+        return state
 
     async def _save_state(self, key: str, state: dict[str, Any]) -> None:
         for accessor in self._stores():
@@ -344,7 +362,7 @@ class DatasetVersionTrigger(BaseEventTrigger):
                 new = self._select_new(watermark, versions, source)
                 for version in new:
                     previous = (watermark.last or {}).get("version")
-                    payload = payload_of(version, previous, source)
+                    payload = {**payload_of(version, previous, source), "state_key": key}
                     log.info(
                         "Dataset %s: new version %s (previous %s) at %s",
                         source.name,

@@ -65,3 +65,11 @@ def test_connection_form_is_relabelled_for_humans():
     behaviour = ProvidersManager().field_behaviours["mlflow"]
     assert behaviour["relabeling"]["host"] == "Tracking URI"
     assert "extra" in behaviour["hidden_fields"]
+
+
+def test_plugins_lists_the_dataset_version_listeners():
+    """Loaded from the airflow.plugins entry point, so every component (triggerer, scheduler) has it."""
+    rows = _airflow("plugins")
+    ours = [row for row in rows if row["name"] == "airflow_ml_provider_dataset_versions"]
+    assert ours, [row["name"] for row in rows]
+    assert "DatasetVersionListener" in str(ours[0].get("listeners"))
