@@ -17,6 +17,7 @@ import hashlib
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ DEFAULT_PATTERN = "version=*"
 DEFAULT_MARKER = "_SUCCESS"
 # A version name is one path component: letters, digits and . _ : + - only, never "." or "..".
 _SAFE_VERSION = re.compile(r"^[A-Za-z0-9_.:+-]{1,200}$")
+ROOT_MTIME_SETTLE_SECONDS = 2.0
 _COMPACT_TIMESTAMP = re.compile(r"^\d{8}(T?\d{4,6})?Z?$")
 
 
@@ -272,6 +274,8 @@ class PartitionedSource:
         self._regex = re.compile(f"^{re.escape(prefix)}(?P<version>.+){re.escape(suffix)}$")
         self._local = _local_root(self.uri)
         self._complete: dict[str, DatasetVersion] = {}
+        self._listed: list[DatasetVersion] = []
+        self._root_stamp: tuple[int, ...] = ()
         self._warnings = _Warnings()
 
     def identity(self) -> str:
@@ -362,10 +366,14 @@ class PartitionedSource:
         )
 
     def list_versions(self) -> list[DatasetVersion]:
+        stamp = self._unchanged_local_root()
+        if stamp is None:
+            return list(self._listed)
         candidates = self._candidates()
         for folder in [f for f in self._complete if f not in candidates]:
             log.info("Dataset %s: version folder %s disappeared from %s", self.name, folder, self.uri)
             del self._complete[folder]
+        incomplete = False
         for folder, version in candidates.items():
             if folder in self._complete:
                 continue
@@ -373,9 +381,26 @@ class PartitionedSource:
                 found = self._inspect(folder, version)
             except FileNotFoundError:
                 continue  # deleted between the listing and now
-            if found is not None:
+            if found is None:
+                incomplete = True
+            else:
                 self._complete[folder] = found
-        return sorted(self._complete.values(), key=lambda v: self.sort_key(v.version))
+        self._listed = sorted(self._complete.values(), key=lambda v: self.sort_key(v.version))
+        # A root whose folders are all complete and whose mtime has not moved needs no new listing.
+        self._root_stamp = stamp if not incomplete else ()
+        return list(self._listed)
+
+    def _unchanged_local_root(self) -> tuple[int, ...] | None:
+        """None when a local root is unchanged since the last full listing, else its new stamp."""
+        if self._local is None:
+            return ()
+        st = os.stat(self._local)
+        stamp = (st.st_mtime_ns, st.st_ino)
+        # Coarse file-system clocks: trust an unchanged mtime only once it is a few seconds old.
+        settled = time.time() - st.st_mtime > ROOT_MTIME_SETTLE_SECONDS
+        if settled and stamp == self._root_stamp:
+            return None
+        return stamp if settled else ()
 
 
 class ObjectSource:

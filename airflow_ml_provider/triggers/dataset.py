@@ -182,6 +182,7 @@ class DatasetVersionTrigger(BaseEventTrigger):
         self.source_options = source_options
         self.after_version = after_version
         self.fire_once = fire_once
+        self._lister: Any = None
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -260,10 +261,12 @@ class DatasetVersionTrigger(BaseEventTrigger):
             await accessor.aset(key, state)
 
     async def _list(self, source: DatasetVersionSource) -> list[DatasetVersion]:
-        from asgiref.sync import sync_to_async
+        if self._lister is None:
+            from asgiref.sync import sync_to_async
 
+            self._lister = sync_to_async(source.list_versions, thread_sensitive=False)
         try:
-            return await sync_to_async(source.list_versions, thread_sensitive=False)()
+            return await self._lister()
         except FileNotFoundError:
             # A root that does not exist yet is a dataset with no versions yet.
             return []

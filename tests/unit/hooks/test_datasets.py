@@ -202,3 +202,30 @@ def test_storage_errors_reach_the_caller():
     flaky.error = PermissionError("access denied to bucket")
     with pytest.raises(PermissionError, match="access denied"):
         PartitionedSource("flaky://bucket/data").list_versions()
+
+
+def test_unchanged_local_root_is_not_listed_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The cheap path for idle watches: one stat of the root, unless something may have changed."""
+    source = PartitionedSource(str(tmp_path))
+    listings: list[int] = []
+    real = source._candidates
+    monkeypatch.setattr(source, "_candidates", lambda: listings.append(1) or real())
+
+    def age_root() -> None:
+        past = time.time() - 60
+        os.utime(tmp_path, (past, past))
+
+    land(tmp_path, "1")
+    age_root()
+    assert versions(source) == ["1"] and len(listings) == 1
+    assert versions(source) == ["1"] and len(listings) == 1  # settled, unchanged: no listing
+    half = land(tmp_path, "2", marker=False)
+    assert versions(source) == ["1"] and len(listings) == 2  # the root changed
+    age_root()
+    assert versions(source) == ["1"] and len(listings) == 3  # an incomplete version is pending
+    complete(half)
+    age_root()
+    assert versions(source) == ["1", "2"] and len(listings) == 4
+    assert versions(source) == ["1", "2"] and len(listings) == 4
+    shutil.rmtree(half)
+    assert versions(source) == ["1"] and len(listings) == 5
