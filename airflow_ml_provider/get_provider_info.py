@@ -42,9 +42,11 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "sensors": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.sensors.dataset"]},
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.sensors.model_alias"]},
         ],
         "triggers": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.triggers.dataset"]},
+            {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.triggers.model_alias"]},
         ],
         "operators": [
             {

@@ -19,6 +19,7 @@ from airflow_ml_provider.exceptions import MlflowConnectionError
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
 
 log = logging.getLogger(__name__)
@@ -414,6 +415,41 @@ class MlflowHook(BaseHook):
         if not base:
             return None
         return f"{base}/#/experiments/{experiment_id}/runs/{run_id}"
+
+    # -- model registry -------------------------------------------------------------------------
+
+    def get_alias_version(self, model_name: str, alias: str) -> ModelVersion | None:
+        """
+        The model version that ``alias`` of registered model ``model_name`` points to.
+
+        Returns None when the model is not registered or the alias is not set; raises on any other
+        error (server unreachable, credentials refused, ...). MLflow answers a missing alias with
+        INVALID_PARAMETER_VALUE, the code it also uses for malformed requests, so a missing alias is
+        confirmed against the registered model's aliases before None is returned.
+
+        :param model_name: the registered model's name.
+        :param alias: the alias, for example ``champion``.
+        """
+        from mlflow.exceptions import MlflowException
+
+        try:
+            return self.client.get_model_version_by_alias(model_name, alias)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            if err.error_code != "INVALID_PARAMETER_VALUE":
+                raise
+        try:
+            model = self.client.get_registered_model(model_name)
+        except MlflowException as err:
+            if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        version = (model.aliases or {}).get(alias)
+        if version is None:
+            return None
+        # The alias was set between the two calls.
+        return self.client.get_model_version(model_name, str(version))
 
 
 def _param_value(value: Any) -> str:
