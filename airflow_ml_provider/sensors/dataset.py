@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from airflow_ml_provider.hooks.datasets import DatasetVersionSource
 
 STATE_KEY = "airflow_ml.sensor.{dag_id}.{task_id}"
+XCOM_DELIVERED = "dataset_version_delivered"
 
 
 class DatasetVersionSensor(BaseSensorOperator):
@@ -26,7 +27,7 @@ class DatasetVersionSensor(BaseSensorOperator):
 
     "The last one delivered" is ``after_version`` when given; otherwise it is kept in the state
     store of the task's asset (its first outlet, else its first inlet) when it has one, else
-    read from the XCom of this task's latest successful earlier run. With none of these, any
+    read from the XCom ``dataset_version_delivered`` this task pushed in its latest earlier run. With none of these, any
     complete version satisfies the sensor. When several newer versions exist, the newest is
     delivered and the payload lists them all under ``covered_versions``.
 
@@ -111,19 +112,14 @@ class DatasetVersionSensor(BaseSensorOperator):
         if asset is not None:
             value = context["asset_state_store"][asset].get(self._state_key())
             return str(value) if value is not None else None
-        from airflow.sdk.api.datamodels._generated import TaskInstanceState
-
-        ti = context["ti"]
-        previous = ti.get_previous_ti(state=TaskInstanceState.SUCCESS)
-        if previous is None or previous.run_id == ti.run_id:
-            return None
-        value = ti.xcom_pull(task_ids=self.task_id, run_id=previous.run_id)
-        return str(value["version"]) if isinstance(value, dict) and "version" in value else None
+        value = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_DELIVERED, include_prior_dates=True)
+        return str(value) if value else None
 
     def _deliver(self, context: Context, payload: dict[str, Any]) -> dict[str, Any]:
         asset = self._asset()
         if asset is not None and not self.after_version:
             context["asset_state_store"][asset].set(self._state_key(), payload["version"])
+        context["ti"].xcom_push(XCOM_DELIVERED, payload["version"])
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra.update(payload)

@@ -63,14 +63,23 @@ def test_sensor_delivers_newer_versions_and_remembers_the_last(airflow_db, tmp_p
     assert value["covered_versions"] == ["0003"]
 
 
-def test_sensor_times_out_when_nothing_newer(airflow_db, tmp_path: Path):
+def test_sensor_without_an_asset_remembers_through_its_xcom(airflow_db, tmp_path: Path):
+    dag_id = "test_dataset_sensor_no_asset"
     root = tmp_path / "sales"
     land(root, "5")
-    dag = load_dag("test_dataset_sensor_no_asset")
-    failed = run_dag(dag, conf={"root": str(root), "after": "5"}, expect="failed")
+    dag = load_dag(dag_id)
+    first = run_dag(dag, conf={"root": str(root)})
+    assert _xcom(dag_id, first.run_id, "wait")["version"] == "5"
+    # Nothing newer than what it delivered: the sensor times out (timeout=5 s).
+    failed = run_dag(dag, conf={"root": str(root)}, expect="failed")
     assert task_states(failed) == {"wait": "failed"}
-    done = run_dag(dag, conf={"root": str(root), "after": "4"})
-    assert _xcom("test_dataset_sensor_no_asset", done.run_id, "wait")["version"] == "5"
+    land(root, "6")
+    second = run_dag(dag, conf={"root": str(root)})
+    value = _xcom(dag_id, second.run_id, "wait")
+    assert (value["version"], value["previous_version"]) == ("6", "5")
+    # An explicit after_version wins over what it remembers.
+    again = run_dag(dag, conf={"root": str(root), "after": "4"})
+    assert _xcom(dag_id, again.run_id, "wait")["covered_versions"] == ["5", "6"]
 
 
 def test_sensor_bad_argument_fails_naming_it(airflow_db, tmp_path: Path):
