@@ -112,7 +112,11 @@ class DatasetVersionSensor(BaseSensorOperator):
         if asset is not None:
             value = context["asset_state_store"][asset].get(self._state_key())
             return str(value) if value is not None else None
-        value = context["ti"].xcom_pull(task_ids=self.task_id, key=XCOM_DELIVERED, include_prior_dates=True)
+        ti = context["ti"]
+        # With map_indexes given, Airflow returns the newest value (without it, a list of all of them).
+        value = ti.xcom_pull(
+            task_ids=self.task_id, key=XCOM_DELIVERED, include_prior_dates=True, map_indexes=ti.map_index
+        )
         return str(value) if value else None
 
     def _deliver(self, context: Context, payload: dict[str, Any]) -> dict[str, Any]:
@@ -137,6 +141,7 @@ class DatasetVersionSensor(BaseSensorOperator):
     def execute(self, context: Context) -> Any:
         self._after = self._last_delivered(context)
         self._source = self._trigger().build_source()  # a bad argument fails here, naming it
+        self.log.info("Waiting for a version of %s after %s", self.uri, self._after or "none (any version)")
         if not self.deferrable:
             return self._deliver(context, super().execute(context))
         found = self.poke(context)

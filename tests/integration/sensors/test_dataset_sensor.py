@@ -77,9 +77,13 @@ def test_sensor_without_an_asset_remembers_through_its_xcom(airflow_db, tmp_path
     second = run_dag(dag, conf={"root": str(root)})
     value = _xcom(dag_id, second.run_id, "wait")
     assert (value["version"], value["previous_version"]) == ("6", "5")
+    land(root, "7")  # with two earlier deliveries, the newest one counts
+    third = run_dag(dag, conf={"root": str(root)})
+    value = _xcom(dag_id, third.run_id, "wait")
+    assert (value["version"], value["previous_version"], value["covered_versions"]) == ("7", "6", ["7"])
     # An explicit after_version wins over what it remembers.
     again = run_dag(dag, conf={"root": str(root), "after": "4"})
-    assert _xcom(dag_id, again.run_id, "wait")["covered_versions"] == ["5", "6"]
+    assert _xcom(dag_id, again.run_id, "wait")["covered_versions"] == ["5", "6", "7"]
 
 
 def test_sensor_bad_argument_fails_naming_it(airflow_db, tmp_path: Path):
