@@ -84,17 +84,27 @@ def record_delivered(asset_name: str, asset_uri: str, payload: dict[str, Any]) -
             backend.set(scope, key, value, session=session)
 
 
-def requeue_stranded(dag_id: str, run_after: Any) -> int:
+def requeue_stranded(dag_id: str) -> int:
     """
-    Queue ``dag_id`` again for its watched events newer than ``run_after`` that no queue row covers.
+    Queue ``dag_id`` again for its watched events that no run consumed and no queue row covers.
 
-    Runs inside the scheduler's transaction, which forbids commits and savepoints: only reads and
-    one conflict-free insert, so nothing here can abort the scheduler's own work.
+    Stranded events are newer than the newest asset-triggered run's ``run_after`` (so no existing
+    run's window holds them) while no queue row exists. Runs inside the scheduler's transaction,
+    which forbids commits and savepoints: only reads and one conflict-free insert, so nothing here
+    can abort the scheduler's own work.
     """
     from airflow.models.asset import AssetDagRunQueue, AssetEvent, DagScheduleAssetReference
+    from airflow.models.dagrun import DagRun
     from sqlalchemy import func, select
 
     session = _session()
+    newest_run_after = session.scalar(
+        select(func.max(DagRun.run_after)).where(
+            DagRun.dag_id == dag_id, DagRun.run_type == "asset_triggered"
+        )
+    )
+    if newest_run_after is None:
+        return 0
     requeued = 0
     asset_ids = session.scalars(
         select(DagScheduleAssetReference.asset_id).where(DagScheduleAssetReference.dag_id == dag_id)
@@ -109,7 +119,7 @@ def requeue_stranded(dag_id: str, run_after: Any) -> int:
             continue  # a queue row exists: the next run's window covers everything before it
         events = session.execute(
             select(AssetEvent.timestamp, AssetEvent.extra).where(
-                AssetEvent.asset_id == asset_id, AssetEvent.timestamp > run_after
+                AssetEvent.asset_id == asset_id, AssetEvent.timestamp > newest_run_after
             )
         ).all()
         stranded = [stamp for stamp, extra in events if _ours(extra)]
@@ -117,12 +127,7 @@ def requeue_stranded(dag_id: str, run_after: Any) -> int:
             _insert_queue_row(session, asset_id, dag_id, max(stranded))
             requeued += len(stranded)
     if requeued:
-        log.info(
-            "Queued %s again for %d dataset-version events its run %s did not consume",
-            dag_id,
-            requeued,
-            run_after,
-        )
+        log.info("Queued %s again for %d dataset-version events no run consumed", dag_id, requeued)
     return requeued
 
 
@@ -166,7 +171,7 @@ class DatasetVersionListener:
         if getattr(run_type, "value", run_type) != "asset_triggered":
             return
         try:
-            requeue_stranded(dag_run.dag_id, dag_run.run_after)
+            requeue_stranded(dag_run.dag_id)
         except Exception:
             log.warning(
                 "Could not check %s for stranded dataset-version events", dag_run.dag_id, exc_info=True
