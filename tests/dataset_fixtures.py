@@ -68,11 +68,9 @@ class DictStateStore:
 
     def __init__(self, data: dict[str, Any] | None = None) -> None:
         self.data: dict[str, Any] = data if data is not None else {}
-        self.writes = 0
 
     async def aget(self, key: str, default: Any = None) -> Any:
         return self.data.get(key, default)
 
     async def aset(self, key: str, value: Any) -> None:
-        self.writes += 1
         self.data[key] = value

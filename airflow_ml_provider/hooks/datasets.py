@@ -79,11 +79,6 @@ class DatasetVersion:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> DatasetVersion:
-        known = {f for f in cls.__dataclass_fields__}
-        return cls(**{k: v for k, v in data.items() if k in known})
-
 
 class DatasetVersionSource(Protocol):
     """What the trigger and sensor need of a source. Methods block; call them from a thread."""
