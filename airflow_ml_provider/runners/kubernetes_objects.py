@@ -35,6 +35,7 @@ MANAGED_BY = "airflow-ml-provider"
 # Kubernetes keeps an object's annotations under 256 KiB in all.
 MAX_SPEC_BYTES = 200 * 1024
 _NAME_CHARS = re.compile(r"[^a-z0-9-]+")
+_SECRET_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 
 
 def gang_name(dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_salt: str = "") -> str:
@@ -65,11 +66,15 @@ class GangPodSettings:
     :param tolerations: pod tolerations (Kubernetes' own dict form).
     :param service_account: the pods' service account.
     :param env: extra environment variables of the container.
+    :param env_from_secrets: names of Secrets whose keys all become environment variables of the
+        container (``envFrom``), e.g. the MLflow credentials (``MLFLOW_TRACKING_USERNAME`` ...).
     :param run_as_user: the non-root user the container runs as (default 1000).
     :param run_as_group: its group (default 1000).
     :param labels: extra labels on the Job, the pods and the Service.
     :param image_pull_secrets: names of image pull secrets.
     :param active_deadline_seconds: the Job fails after this long.
+    :param ttl_seconds_after_finished: Kubernetes deletes the finished Job (and its pods, with their
+        logs) this long after it ended; None keeps it until deleted. Default one day.
     :param python: the interpreter in the image.
     """
 
@@ -82,11 +87,13 @@ class GangPodSettings:
     tolerations: list[dict[str, Any]] | None = None
     service_account: str | None = None
     env: dict[str, str] = field(default_factory=dict)
+    env_from_secrets: list[str] = field(default_factory=list)
     run_as_user: int = 1000
     run_as_group: int = 1000
     labels: dict[str, str] = field(default_factory=dict)
     image_pull_secrets: list[str] = field(default_factory=list)
     active_deadline_seconds: int | None = None
+    ttl_seconds_after_finished: int | None = 86400
     python: str = "python"
 
     def check(self) -> None:
@@ -108,6 +115,20 @@ class GangPodSettings:
         ):
             raise ValueError(
                 f"Kubernetes launcher: run_as_user must be a non-root uid (>= 1), got {self.run_as_user!r}."
+            )
+        ttl = self.ttl_seconds_after_finished
+        if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 0):
+            raise ValueError(
+                "Kubernetes launcher: ttl_seconds_after_finished must be an int >= 0 (seconds) or None, "
+                f"got {ttl!r}."
+            )
+        secrets = self.env_from_secrets
+        if not isinstance(secrets, (list, tuple)) or not all(
+            isinstance(s, str) and _SECRET_NAME.match(s) for s in secrets
+        ):
+            raise ValueError(
+                "Kubernetes launcher: env_from_secrets must be a list of Secret names (lowercase "
+                f"letters, digits, '-' and '.'), got {self.env_from_secrets!r}."
             )
 
 
@@ -167,6 +188,9 @@ def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if settings.env_from_secrets:
+        # "env" wins over "envFrom": a Secret cannot override the gang's own variables.
+        container["envFrom"] = [{"secretRef": {"name": s}} for s in settings.env_from_secrets]
     if settings.resources:
         container["resources"] = settings.resources
     return container
@@ -229,6 +253,8 @@ def indexed_job(name: str, step: str, spec: dict[str, Any], settings: GangPodSet
     }
     if settings.active_deadline_seconds:
         job_spec["activeDeadlineSeconds"] = int(settings.active_deadline_seconds)
+    if settings.ttl_seconds_after_finished is not None:
+        job_spec["ttlSecondsAfterFinished"] = settings.ttl_seconds_after_finished
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",

@@ -41,23 +41,25 @@ SETTINGS = GangPodSettings(
     tolerations=[{"key": "gpu", "operator": "Exists", "effect": "NoSchedule"}],
     service_account="ml-trainer",
     env={"MLFLOW_TRACKING_URI": "http://mlflow.ml:5000"},
+    env_from_secrets=["mlflow-credentials", "s3.credentials"],
     image_pull_secrets=["regcred"],
     active_deadline_seconds=3600,
+    ttl_seconds_after_finished=7200,
 )
 
 
-def test_job_survives_the_client_models_unchanged():
+def test_job_survives_the_client_models_unchanged() -> None:
     name = gang_name("retrain", "asset_triggered__2026-11-23", "train")
     job = indexed_job(name, "train_model", {"epochs": 3}, SETTINGS)
     assert round_trip(job, "V1Job") == job  # no misspelt or unknown field was dropped
 
 
-def test_service_survives_the_client_models_unchanged():
+def test_service_survives_the_client_models_unchanged() -> None:
     service = headless_service("train-abc", SETTINGS)
     assert round_trip(service, "V1Service") == service
 
 
-def test_job_fields():
+def test_job_fields() -> None:
     job = indexed_job("train-abc", "train_model", {"epochs": 3, "lr": 0.01}, SETTINGS)
     spec = job["spec"]
     assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
@@ -78,9 +80,47 @@ def test_job_fields():
     annotations = spec["template"]["metadata"]["annotations"]
     assert json.loads(annotations[SPEC_ANNOTATION]) == {"epochs": 3, "lr": 0.01}
     assert container["resources"]["limits"] == {"memory": "8Gi"}
+    assert container["envFrom"] == [
+        {"secretRef": {"name": "mlflow-credentials"}},
+        {"secretRef": {"name": "s3.credentials"}},
+    ]
+    assert spec["ttlSecondsAfterFinished"] == 7200 and spec["activeDeadlineSeconds"] == 3600
 
 
-def test_service_selects_exactly_the_gangs_pods():
+def test_secrets_and_ttl_survive_the_client_models() -> None:
+    from kubernetes.client import ApiClient
+
+    job = indexed_job("train-abc", "train_model", {}, SETTINGS)
+
+    class Response:
+        data = json.dumps(job)
+
+    model = ApiClient().deserialize(Response(), "V1Job")
+    assert model.spec.ttl_seconds_after_finished == 7200
+    (container,) = model.spec.template.spec.containers
+    assert [e.secret_ref.name for e in container.env_from] == ["mlflow-credentials", "s3.credentials"]
+    assert all(e.config_map_ref is None and e.prefix is None for e in container.env_from)
+
+
+def test_defaults_keep_a_finished_job_for_a_day_and_add_no_env_from() -> None:
+    job = indexed_job("train-abc", "train_model", {}, GangPodSettings(image="img:1"))
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert job["spec"]["ttlSecondsAfterFinished"] == 86400
+    assert "envFrom" not in container and "activeDeadlineSeconds" not in job["spec"]
+    assert round_trip(job, "V1Job") == job
+
+
+def test_ttl_none_keeps_the_job_until_deleted() -> None:
+    settings = GangPodSettings(image="img:1", ttl_seconds_after_finished=None)
+    assert "ttlSecondsAfterFinished" not in indexed_job("train-abc", "train_model", {}, settings)["spec"]
+
+
+def test_ttl_zero_is_kept() -> None:
+    settings = GangPodSettings(image="img:1", ttl_seconds_after_finished=0)
+    assert indexed_job("train-abc", "train_model", {}, settings)["spec"]["ttlSecondsAfterFinished"] == 0
+
+
+def test_service_selects_exactly_the_gangs_pods() -> None:
     job = indexed_job("train-abc", "train_model", {}, SETTINGS)
     service = headless_service("train-abc", SETTINGS)
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
@@ -91,7 +131,7 @@ def test_service_selects_exactly_the_gangs_pods():
 
 
 @pytest.mark.parametrize("index", [0, 1, 2])
-def test_each_pod_derives_its_tf_config_from_the_job_env(index: int):
+def test_each_pod_derives_its_tf_config_from_the_job_env(index: int) -> None:
     job = indexed_job("train-abc", "train_model", {}, SETTINGS)
     (container,) = job["spec"]["template"]["spec"]["containers"]
     env = {e["name"]: e["value"] for e in container["env"]}
@@ -100,7 +140,7 @@ def test_each_pod_derives_its_tf_config_from_the_job_env(index: int):
     assert config["task"]["index"] == index
 
 
-def test_gang_name_is_deterministic_dns_safe_and_short():
+def test_gang_name_is_deterministic_dns_safe_and_short() -> None:
     a = gang_name("dag", "manual__2026-11-23T10:00:00+00:00", "Train_Model.Big" * 10, 3)
     assert a == gang_name("dag", "manual__2026-11-23T10:00:00+00:00", "Train_Model.Big" * 10, 3)
     assert a != gang_name("dag", "manual__2026-11-23T10:00:00+00:00", "Train_Model.Big" * 10, 4)
@@ -115,14 +155,20 @@ def test_gang_name_is_deterministic_dns_safe_and_short():
         ({"image": ""}, "image must name"),
         ({"workers": 0}, "workers must be an int"),
         ({"run_as_user": 0}, "non-root uid"),
+        ({"ttl_seconds_after_finished": -1}, "ttl_seconds_after_finished must be an int >= 0"),
+        ({"ttl_seconds_after_finished": "1d"}, "ttl_seconds_after_finished must be an int >= 0"),
+        ({"ttl_seconds_after_finished": True}, "ttl_seconds_after_finished must be an int >= 0"),
+        ({"env_from_secrets": "mlflow-credentials"}, "env_from_secrets must be a list of Secret names"),
+        ({"env_from_secrets": ["MLflow_Creds"]}, "env_from_secrets must be a list of Secret names"),
+        ({"env_from_secrets": [""]}, "env_from_secrets must be a list of Secret names"),
     ],
 )
-def test_bad_settings_are_named(change: dict[str, Any], message: str):
+def test_bad_settings_are_named(change: dict[str, Any], message: str) -> None:
     settings = GangPodSettings(**{**SETTINGS.__dict__, **change})
     with pytest.raises(ValueError, match=message):
         indexed_job("train-abc", "train_model", {}, settings)
 
 
-def test_oversized_spec_is_refused():
+def test_oversized_spec_is_refused() -> None:
     with pytest.raises(ValueError, match="Pass large inputs by URI"):
         indexed_job("train-abc", "train_model", {"blob": "x" * 300_000}, SETTINGS)
