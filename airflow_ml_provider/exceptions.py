@@ -43,3 +43,26 @@ class DataValidationFailed(MLProviderError):
             f"Data validation of {data_uri} found {len(self.anomalies)} anomal"
             f"{'y' if len(self.anomalies) == 1 else 'ies'}:\n" + "\n".join(lines) + where
         )
+
+
+class TrainingJobFailed(MLProviderError):
+    """A training gang failed, or did not fully start in time; carries the failing workers' last lines."""
+
+    def __init__(
+        self,
+        what: str,
+        message: str,
+        *,
+        log_tails: dict[str, list[str]] | None = None,
+        report: str | None = None,
+    ) -> None:
+        self.what = what
+        self.log_tails = dict(log_tails or {})
+        self.report = report
+        parts = [f"{what}: {message}"]
+        for source, lines in self.log_tails.items():
+            if lines:
+                parts.append(f"Last lines of {source}:\n" + "\n".join(f"  {line}" for line in lines))
+        if report:
+            parts.append(f"MLflow run: {report}")
+        super().__init__("\n".join(parts))

@@ -250,10 +250,11 @@ def tracked_task(
     Run the body inside the task instance's MLflow run.
 
     Pushes the run id and its UI address to XCom (``mlflow_run_id``, ``mlflow_run_url``), ends
-    the run FINISHED or FAILED with the body, and resumes the same run when the task is retried.
+    the run FINISHED or FAILED with the body, and resumes the same run when the task is retried or
+    comes back from a deferral (a deferral leaves the run RUNNING).
     Usable from any task: ``with tracked_task(get_current_context()) as run: run.log_metric(...)``.
     """
-    from airflow.sdk.exceptions import AirflowSkipException
+    from airflow.sdk.exceptions import AirflowSkipException, TaskDeferred
 
     from airflow_ml_provider.hooks.mlflow import MlflowHook
 
@@ -286,6 +287,10 @@ def tracked_task(
         ti.xcom_push(key=XCOM_RUN_URL, value=run.url)
     try:
         yield run
+    except TaskDeferred:
+        # Waiting in the triggerer: the run stays RUNNING and is resumed by the task's next method.
+        run.flush()
+        raise
     except AirflowSkipException:
         # A deliberate skip (a gate that short-circuits) is not a failure of the task's work.
         run.set_tags({"airflow.state": "skipped"})

@@ -17,6 +17,7 @@ BUILTIN_STEPS: dict[str, str] = {
     "generate_dataset": "airflow_ml_provider.ml.datagen:generate_dataset",
     "validate_data": "airflow_ml_provider.ml.validation:validate_data",
     "infer_schema": "airflow_ml_provider.ml.validation:infer_schema",
+    "train_model": "airflow_ml_provider.ml.training.step:train",
 }
 
 

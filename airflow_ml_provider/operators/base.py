@@ -46,17 +46,29 @@ class MLflowTrackedOperator(BaseOperator):
         self.mlflow_experiment = mlflow_experiment
         self.mlflow_tags = mlflow_tags
 
-    def execute(self, context: Context) -> Any:
+    def _tracked(self, context: Context) -> Any:
         from airflow_ml_provider.tracking import tracked_task  # not needed to parse DAG files
 
-        with tracked_task(
+        return tracked_task(
             context,
             mlflow_conn_id=self.mlflow_conn_id,
             experiment_name=self.mlflow_experiment,
             tags={str(k): str(v) for k, v in (self.mlflow_tags or {}).items()},
-        ) as run:
+        )
+
+    def execute(self, context: Context) -> Any:
+        with self._tracked(context) as run:
             return self.execute_tracked(context, run)
+
+    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
+        """Resume after a deferral, inside the same MLflow run (it stayed RUNNING meanwhile)."""
+        with self._tracked(context) as run:
+            return self.complete_tracked(context, run, event)
 
     def execute_tracked(self, context: Context, run: TaskRun) -> Any:
         """Do the task's work; log into ``run``. The return value goes to XCom."""
+        raise NotImplementedError
+
+    def complete_tracked(self, context: Context, run: TaskRun, event: dict[str, Any]) -> Any:
+        """Finish the work after the trigger fired ``event`` (for operators that defer)."""
         raise NotImplementedError

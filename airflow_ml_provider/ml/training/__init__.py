@@ -1,3 +1,3 @@
-"""Distributed TensorFlow training steps (work in progress: the cluster description comes first)."""
+"""Distributed TensorFlow training: the ``train_model`` step, the ``run_fn`` contract, TF_CONFIG."""
 
 from __future__ import annotations

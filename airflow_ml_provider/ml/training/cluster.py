@@ -33,6 +33,9 @@ ENV_SERVICE = "AIRFLOW_ML_SERVICE"
 ENV_NAMESPACE = "AIRFLOW_ML_NAMESPACE"
 ENV_WORKERS = "AIRFLOW_ML_WORKERS"
 ENV_PORT = "AIRFLOW_ML_PORT"
+# Overrides the DNS names derived from the Job: for clusters without DNS for the headless Service,
+# and to run the pod entrypoint as local processes (the tests do).
+ENV_WORKER_ADDRESSES = "AIRFLOW_ML_WORKER_ADDRESSES"
 DEFAULT_PORT = 2222
 MAX_WORKERS = 256
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
@@ -138,10 +141,19 @@ def tf_config_from_pod_env(env: Mapping[str, str]) -> dict[str, Any]:
 
     Kubernetes sets ``JOB_COMPLETION_INDEX``; the launcher sets ``AIRFLOW_ML_JOB_NAME``,
     ``AIRFLOW_ML_SERVICE``, ``AIRFLOW_ML_NAMESPACE``, ``AIRFLOW_ML_WORKERS`` and optionally
-    ``AIRFLOW_ML_PORT``.
+    ``AIRFLOW_ML_PORT``. ``AIRFLOW_ML_WORKER_ADDRESSES`` (comma-separated ``host:port``, one per
+    worker) replaces the derived DNS names.
     """
     workers = _int_env(env, ENV_WORKERS)
     index = _int_env(env, COMPLETION_INDEX)
+    addresses = [a.strip() for a in env.get(ENV_WORKER_ADDRESSES, "").split(",") if a.strip()]
+    if addresses:
+        if len(addresses) != workers:
+            raise ValueError(
+                f"Training pod: {ENV_WORKER_ADDRESSES} lists {len(addresses)} address(es) for "
+                f"{workers} workers ({ENV_WORKERS}); give one host:port per worker."
+            )
+        return tf_config(addresses, index)
     missing = [n for n in (ENV_JOB_NAME, ENV_SERVICE, ENV_NAMESPACE) if not env.get(n)]
     if missing:
         raise ValueError(f"Training pod: environment variable(s) {', '.join(missing)} not set.")
