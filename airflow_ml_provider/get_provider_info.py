@@ -9,6 +9,7 @@ from typing import Any
 
 INTEGRATION = "MLflow"
 DATASETS = "Dataset versions"
+TRAINING = "TensorFlow distributed training"
 DOCS_URL = "https://github.com/airflow-ml-provider/airflow-ml-provider"
 
 
@@ -35,10 +36,16 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": "https://airflow.apache.org/docs/apache-airflow/stable/authoring-and-scheduling/event-scheduling.html",
                 "tags": ["software"],
             },
+            {
+                "integration-name": TRAINING,
+                "external-doc-url": "https://www.tensorflow.org/guide/distributed_training",
+                "tags": ["software"],
+            },
         ],
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.hooks.datasets"]},
+            {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.hooks.kubernetes"]},
         ],
         "sensors": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.sensors.dataset"]},
@@ -47,6 +54,7 @@ def get_provider_info() -> dict[str, Any]:
         "triggers": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.triggers.dataset"]},
             {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.triggers.model_alias"]},
+            {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.triggers.training_gang"]},
         ],
         "operators": [
             {
@@ -57,6 +65,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_ml_provider.operators.validation",
                 ],
             },
+            {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.operators.training"]},
         ],
         "connection-types": [
             {

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.hooks.kubernetes import GangStatus, TrainingGangHook
+    from airflow_ml_provider.hooks.mlflow import MlflowSettings
     from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
     from airflow_ml_provider.tracking import TaskRun
 
@@ -311,10 +312,10 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
 
     # -- Kubernetes launcher --------------------------------------------------------------------
 
-    def _pod_settings(self, run: TaskRun) -> GangPodSettings:
+    def pod_settings(self, mlflow: MlflowSettings) -> GangPodSettings:
+        """What the gang's pods look like, with the MLflow server of ``mlflow`` (no credentials)."""
         from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
 
-        mlflow = run.hook.settings
         if not mlflow.is_http:
             raise ValueError(
                 f"Task {self.task_id!r}: the pods cannot reach the MLflow store {mlflow.tracking_uri!r}; "
@@ -354,7 +355,7 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
     def _run_kubernetes(self, context: Context, run: TaskRun, spec: dict[str, Any]) -> Any:
         from airflow_ml_provider.runners.kubernetes_objects import headless_service, indexed_job
 
-        settings = self._pod_settings(run)
+        settings = self.pod_settings(run.hook.settings)
         name = self._gang_name(context)
         hook = self._gang_hook()
         job, service = indexed_job(name, STEP, spec, settings), headless_service(name, settings)

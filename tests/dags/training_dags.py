@@ -29,7 +29,7 @@ with DAG(
 ) as worker_dies:
     DistributedTrainingOperator(
         task_id="train",
-        run_fn="steps_for_tests:slow_run_fn",
+        run_fn="training_fns:slow_run_fn",
         train_uri="{{ params.train_uri }}",
         custom_config={"marker_dir": "{{ params.marker_dir }}"},
         workers=2,
@@ -37,7 +37,6 @@ with DAG(
     )
 
 with DAG(dag_id="training_on_kubernetes", schedule=None) as on_kubernetes:
-    # [START howto_operator_distributed_training_kubernetes]
     DistributedTrainingOperator(
         task_id="train",
         run_fn="churn_training.model:run_fn",
@@ -56,7 +55,6 @@ with DAG(dag_id="training_on_kubernetes", schedule=None) as on_kubernetes:
         poll_interval=0.1,
         retries=0,
     )
-    # [END howto_operator_distributed_training_kubernetes]
 
 with DAG(dag_id="training_on_kubernetes_short_start", schedule=None) as short_start:
     DistributedTrainingOperator(

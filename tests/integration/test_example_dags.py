@@ -17,7 +17,12 @@ def test_example_dags_import_cleanly():
 
     bag = DagBag(dag_folder=str(EXAMPLES))
     assert not bag.import_errors, bag.import_errors
-    assert {"example_ml_tracking", "example_data_validation"} <= set(bag.dags)
+    assert {
+        "example_ml_tracking",
+        "example_data_validation",
+        "example_distributed_training",
+        "example_distributed_training_kubernetes",
+    } <= set(bag.dags)
 
 
 def test_example_ml_tracking_runs(airflow_db, mlflow_conn, mlflow_client, tmp_path):

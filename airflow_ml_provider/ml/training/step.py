@@ -217,6 +217,8 @@ def log_model(run_id: str, saved_model_dir: str, tracking_uri: str | None = None
 
     if tracking_uri:
         mlflow.set_tracking_uri(tracking_uri)
+    # The logged model belongs to the run's experiment (MLflow would use the default experiment).
+    mlflow.set_experiment(experiment_id=mlflow.MlflowClient().get_run(run_id).info.experiment_id)
     # MLflow would copy the uv project of the working directory into the model, whatever it is.
     previous = os.environ.get("MLFLOW_LOG_UV_FILES")
     os.environ["MLFLOW_LOG_UV_FILES"] = "false"

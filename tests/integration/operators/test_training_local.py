@@ -122,7 +122,7 @@ def test_no_worker_process_is_left(two_worker_run):
 
 
 def test_a_killed_worker_fails_the_task_with_a_clear_message_and_no_orphan(
-    two_worker_run, mlflow_conn, mlflow_client, tmp_path, capfd
+    airflow_db, mlflow_conn, mlflow_client, tmp_path, capfd
 ):
     import signal
     import threading
@@ -130,6 +130,9 @@ def test_a_killed_worker_fails_the_task_with_a_clear_message_and_no_orphan(
 
     import psutil
 
+    from airflow_ml_provider.ml.datagen import generate_dataset
+
+    data = generate_dataset({"root": str(tmp_path / "data"), "versions": 1, "rows": 2000})
     markers = tmp_path / "markers"
     markers.mkdir()
     killed: dict[str, int] = {}
@@ -148,7 +151,7 @@ def test_a_killed_worker_fails_the_task_with_a_clear_message_and_no_orphan(
     killer.start()
     dag_run = run_dag(
         load_dag("training_worker_dies"),
-        conf={"train_uri": two_worker_run["data"]["versions"][0]["uri"], "marker_dir": str(markers)},
+        conf={"train_uri": data["versions"][0]["uri"], "marker_dir": str(markers)},
         expect="failed",
     )
     ended = time.monotonic()
