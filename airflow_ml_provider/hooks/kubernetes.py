@@ -312,6 +312,21 @@ class TrainingGangHook(BaseHook):
                 return None
             raise
 
+    def pod_template_annotation(self, name: str, namespace: str, key: str) -> str | None:
+        """
+        An annotation of the pod template of Job ``name``; None when the Job or the annotation is missing.
+
+        The launcher compares the spec annotation of an existing Job with the one it would create,
+        to tell a retry of the same work from a changed or cleared task.
+        """
+        job = self._read_or_none(
+            "jobs.batch", self.kube_hook.batch_v1_client.read_namespaced_job, name, namespace
+        )
+        template = job.spec.template if job is not None and job.spec is not None else None
+        annotations = (template.metadata.annotations if template and template.metadata else None) or {}
+        value = annotations.get(key)
+        return str(value) if value is not None else None
+
     # -- status ---------------------------------------------------------------------------------
 
     def status(self, name: str, namespace: str, workers: int) -> GangStatus:

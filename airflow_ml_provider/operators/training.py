@@ -27,6 +27,7 @@ STEP = "train_model"
 LAUNCHERS = ("local", "kubernetes")
 STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
 LOG_TAIL_LINES = 40
+ERROR_PATIENCE = 300.0  # seconds of Kubernetes API errors before the wait gives up
 
 
 class DistributedTrainingOperator(MLflowTrackedOperator):
@@ -65,7 +66,8 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
     :param model_dir: a local directory for the chief's SavedModel, kept after the task (templated).
     :param seed: random seed set in every worker.
     :param python: the interpreter of the local workers, e.g. an environment with TensorFlow (templated).
-    :param training_timeout: seconds after which the local gang is killed.
+    :param training_timeout: seconds after which the gang is stopped: the local processes are
+        killed; on Kubernetes it is the Job's ``activeDeadlineSeconds``.
     :param worker_env: extra environment variables of every worker (local processes and pods).
     :param kubernetes_conn_id: the ``kubernetes`` connection (cncf provider).
     :param image: the pods' image; it must hold TensorFlow, this provider and ``run_fn``'s module (templated).
@@ -288,7 +290,8 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
     def _worker_env(self, run: TaskRun) -> dict[str, str]:
         env = {**run.hook.settings.child_environment(), **(self.worker_env or {})}
         dag_folder = os.path.dirname(getattr(self.dag, "fileloc", "") or "") if self.has_dag() else ""
-        paths = [p for p in (dag_folder, os.environ.get("PYTHONPATH", "")) if p]
+        given = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+        paths = [p for p in (given, dag_folder) if p]
         if paths:  # run_fn's module may sit next to the DAG file, as Airflow's workers see it
             env["PYTHONPATH"] = os.pathsep.join(paths)
         return env
@@ -339,6 +342,7 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
             labels=dict(self.labels or {}),
             image_pull_secrets=list(self.image_pull_secrets or []),
             env_from_secrets=[self.mlflow_secret] if self.mlflow_secret else [],
+            active_deadline_seconds=int(self.training_timeout) if self.training_timeout else None,
         )
 
     def _gang_hook(self) -> TrainingGangHook:
@@ -360,15 +364,11 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
         hook = self._gang_hook()
         job, service = indexed_job(name, STEP, spec, settings), headless_service(name, settings)
         self._pod_gang = (name, settings.namespace)
+        self._replace_stale_gang(hook, job, name, settings.namespace)
         if hook.launch(job, service):
-            status = hook.status(name, settings.namespace, self.workers)
-            if status.phase == "failed":
-                # The gang of an earlier try failed: start afresh rather than report its old failure.
-                self.log.info("Gang %s of an earlier try failed (%s); replacing it", name, status.message)
-                hook.delete(name, settings.namespace, wait=True)
-                hook.launch(job, service)
-            else:
-                self.log.info("Reattached to gang %s in %s (%s)", name, settings.namespace, status.phase)
+            self.log.info(
+                "Reattached to gang %s in %s: it is still running this spec", name, settings.namespace
+            )
         else:
             self.log.info(
                 "Started gang %s: Indexed Job of %d pods in %s", name, self.workers, settings.namespace
@@ -392,11 +392,44 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
         event = self._wait(hook, name, settings.namespace, started)
         return self.complete_tracked(context, run, event)
 
+    def _replace_stale_gang(
+        self, hook: TrainingGangHook, job: dict[str, Any], name: str, namespace: str
+    ) -> None:
+        """
+        Delete a Job of this gang's name that a retry must not reattach to.
+
+        A retry reattaches only to a gang that is still pending or running the same spec (the spec
+        names the task's MLflow run, so it is the same across tries). A finished gang (failed, or
+        succeeded before a clear) or one started with other arguments is replaced.
+        """
+        from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION
+
+        existing = hook.pod_template_annotation(name, namespace, SPEC_ANNOTATION)
+        if existing is None:
+            return
+        wanted = job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION]
+        status = hook.status(name, namespace, self.workers)
+        if existing == wanted and status.phase in ("pending", "running"):
+            return
+        reason = "it ran another spec" if existing != wanted else f"it is {status.phase}"
+        self.log.info("Replacing gang %s of an earlier try: %s", name, reason)
+        hook.delete(name, namespace, wait=True)
+
     def _wait(self, hook: TrainingGangHook, name: str, namespace: str, started: float) -> dict[str, Any]:
         """Poll in this worker (not deferrable); the same events the trigger sends."""
-        last_phase = None
+        last_phase, failing_since = None, None
         while True:
-            status: GangStatus = hook.status(name, namespace, self.workers)
+            try:
+                status: GangStatus = hook.status(name, namespace, self.workers)
+            except Exception as err:
+                # Ride out an API server restart, as the trigger does; give up after ERROR_PATIENCE.
+                failing_since = failing_since or time.monotonic()
+                if time.monotonic() - failing_since > max(ERROR_PATIENCE, 5 * self.poll_interval):
+                    return {"name": name, "namespace": namespace, "status": "error", "message": str(err)}
+                self.log.warning("Gang %s: cannot read its status (%s); retrying", name, err)
+                time.sleep(min(60.0, self.poll_interval * 2))
+                continue
+            failing_since = None
             if status.phase != last_phase:
                 self.log.info("Gang %s: %s (%s)", name, status.phase, status.message)
                 last_phase = status.phase
@@ -413,6 +446,7 @@ class DistributedTrainingOperator(MLflowTrackedOperator):
         from airflow_ml_provider.exceptions import TrainingJobFailed
 
         name, namespace = str(event.get("name")), str(event.get("namespace"))
+        self._pod_gang = (name, namespace)  # on_kill must find the gang after a deferral too
         hook = self._gang_hook()
         status, message = event.get("status"), str(event.get("message", ""))
         what = f"Training gang {name} in namespace {namespace}"

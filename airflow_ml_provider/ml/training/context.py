@@ -50,6 +50,10 @@ class ChiefTracker:
         self.tracking_uri = tracking_uri
         self._client: Any = None
 
+    def connect(self) -> None:
+        """Build the MLflow client (and import MLflow) ahead of the first log call."""
+        _ = self.client
+
     @property
     def client(self) -> Any:
         if self._client is None:
@@ -71,10 +75,16 @@ class ChiefTracker:
         if not self.enabled or not params:
             return
         from mlflow.entities import Param
+        from mlflow.exceptions import MlflowException
 
         batch = [Param(str(k), str(v)[:6000]) for k, v in params.items()]
         for start in range(0, len(batch), 100):
-            self.client.log_batch(self.run_id, params=batch[start : start + 100], synchronous=True)
+            try:
+                self.client.log_batch(self.run_id, params=batch[start : start + 100], synchronous=True)
+            except MlflowException as err:
+                # A retry resumes the run: MLflow refuses a param whose value changed since the
+                # earlier try. The model is worth more than that record.
+                log.warning("Could not log params to MLflow run %s: %s", self.run_id, err)
 
 
 def _epoch_logger(tracker: ChiefTracker, prefix: str) -> Any:
@@ -213,7 +223,13 @@ def read_table(uri: str, fmt: str | None = None, columns: list[str] | None = Non
 
     from airflow_ml_provider.ml.validation.io import find_data_files
 
-    files = find_data_files(uri, fmt)
+    try:
+        files = find_data_files(uri, fmt)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"Training data {uri!r} does not exist: give train_uri / eval_uri as a dataset version "
+            "directory or a single .csv/.parquet file."
+        ) from None
     frames = []
     for path in files.paths:
         with files.fs.open(path, "rb") as handle:

@@ -15,6 +15,7 @@ from airflow_ml_provider.ml.training.context import TrainingContext
 
 DEFAULTS: dict[str, Any] = {"epochs": 5, "batch_size": 256, "learning_rate": 0.01, "hidden_units": 32}
 HOLDOUT_FRACTION = 0.2
+ADAPT_BATCH = 8192
 
 
 def _split(ctx: TrainingContext) -> tuple[Any, Any]:
@@ -64,7 +65,8 @@ def build_model(ctx: TrainingContext, train: Any, hp: dict[str, Any]) -> Any:
         else:
             inputs[name] = keras.Input(shape=(1,), name=name, dtype="float32")
             norm = keras.layers.Normalization()
-            norm.adapt(train[[name]].to_numpy().astype("float32"))
+            # adapt() defaults to batches of 32: 10 s per feature at 160k rows, against 0.1 s.
+            norm.adapt(train[[name]].to_numpy().astype("float32"), batch_size=ADAPT_BATCH)
             encoded.append(norm(inputs[name]))
     hidden = keras.layers.Dense(int(hp["hidden_units"]), activation="relu")(
         keras.layers.Concatenate()(encoded)

@@ -259,6 +259,8 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     mlflow_spec = spec.get("mlflow") or {}
     tracking_uri = mlflow_spec.get("tracking_uri")
     tracker = ChiefTracker(mlflow_spec.get("run_id"), enabled=role.is_chief, tracking_uri=tracking_uri)
+    if tracker.enabled:
+        tracker.connect()  # import MLflow now, not in the first epoch's callback while the gang waits
     strategy_name = spec.get("strategy", "one_device")
     workdir = tempfile.mkdtemp(prefix="ml-train-")
     try:
@@ -301,14 +303,27 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+SAVED_MODEL_ENTRIES = {"saved_model.pb", "keras_metadata.pb", "fingerprint.pb", "variables", "assets"}
+
+
+def _clear_model_dir(path: Path) -> None:
+    """Make room for the export: an earlier try's SavedModel is replaced, anything else is refused."""
+    if not path.exists() or not any(path.iterdir()):
+        return
+    entries = {p.name for p in path.iterdir()}
+    if not entries <= SAVED_MODEL_ENTRIES or "saved_model.pb" not in entries:
+        raise FileExistsError(
+            f"train_model: model_dir {path} holds files other than a SavedModel ({', '.join(sorted(entries))}); "
+            "give an empty or new directory so that nothing else is overwritten."
+        )
+    log.warning("model_dir %s holds an earlier SavedModel (an earlier try?); replacing it", path)
+    shutil.rmtree(path)
+
+
 def _finish(spec: dict[str, Any], ctx: Any, model: Any, seconds: float, tracker: Any) -> dict[str, Any]:
     """Export (every worker; only the chief's is kept), then log from the chief."""
     if model is not None:
-        if Path(ctx.model_dir).exists() and any(Path(ctx.model_dir).iterdir()):
-            raise FileExistsError(
-                f"train_model: model_dir {ctx.model_dir} is not empty; give an empty or new directory so "
-                "that no earlier model is mixed into this one."
-            )
+        _clear_model_dir(Path(ctx.model_dir))
         export_saved_model(model, ctx.model_dir)
     elif not (Path(ctx.model_dir) / "saved_model.pb").is_file():
         raise ValueError(

@@ -150,42 +150,73 @@ def test_a_gang_that_does_not_start_in_time_is_removed(airflow_db, mlflow_conn, 
     assert (NS, name) not in kube.jobs and (NS, name) not in kube.services
 
 
+def _earlier_try(run_after: datetime, mlflow_client: Any, *, changed: bool = False) -> str:
+    """Start the gang as the task's earlier try did (same MLflow run, same spec), then "lose" that worker."""
+    from airflow_ml_provider.hooks.kubernetes import TrainingGangHook
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+    from airflow_ml_provider.runners.kubernetes_objects import headless_service, indexed_job
+    from airflow_ml_provider.tracking import TaskIdentity, start_task_run
+
+    run_id = _run_id(run_after)
+    name = gang_name(DAG_ID, run_id, "train", -1)
+    task = load_dag(DAG_ID).get_task("train")
+    hook = MlflowHook()
+    run = start_task_run(hook, TaskIdentity(dag_id=DAG_ID, run_id=run_id, task_id="train", map_index=-1))
+    spec = task.build_spec({}, run)
+    if changed:
+        spec["hyperparameters"] = {**spec["hyperparameters"], "epochs": 99}
+    settings = task.pod_settings(hook.settings)
+    TrainingGangHook().launch(
+        indexed_job(name, "train_model", spec, settings), headless_service(name, settings)
+    )
+    return name
+
+
 def test_a_retry_reattaches_to_the_running_gang_instead_of_starting_another(
     airflow_db, mlflow_conn, mlflow_client, kube
 ):
-    from airflow_ml_provider.hooks.kubernetes import TrainingGangHook
-    from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, headless_service, indexed_job
-
     run_after = _now()
-    name = gang_name(DAG_ID, _run_id(run_after), "train", -1)
-    # An earlier try started the gang, then its Airflow worker died.
-    settings = GangPodSettings(image="registry.example.com/ml/churn-trainer:1.4.0", namespace=NS, workers=2)
-    TrainingGangHook().launch(
-        indexed_job(name, "train_model", {"earlier": True}, settings), headless_service(name, settings)
-    )
+    name = _earlier_try(run_after, mlflow_client)
     kube.start_pods(name, NS)
+    job = kube.jobs[(NS, name)]
+    spec = json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION])
 
     def complete_later() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            exp = mlflow_client.get_experiment_by_name(DAG_ID)
-            runs = (
-                mlflow_client.search_runs(
-                    [exp.experiment_id],
-                    f"tags.`airflow.task_id` = 'train' and tags.`airflow.run_id` = '{_run_id(run_after)}'",
-                )
-                if exp
-                else []
-            )
-            if runs:
-                _log_chief_result(mlflow_client, {"mlflow": {"run_id": runs[0].info.run_id}})
-                kube.complete(name, NS)
-                return
-            time.sleep(0.1)
+        time.sleep(2)
+        _log_chief_result(mlflow_client, spec)
+        kube.complete(name, NS)
 
     threading.Thread(target=complete_later, daemon=True).start()
     _dag_test(run_after, "success")
     assert len(kube.recorded("POST", "jobs")) == 1  # the earlier try's only
+    assert kube.jobs[(NS, name)]["metadata"]["uid"] == job["metadata"]["uid"]
+
+
+def test_a_gang_started_with_other_arguments_is_replaced(airflow_db, mlflow_conn, mlflow_client, kube):
+    run_after = _now()
+    name = _earlier_try(run_after, mlflow_client, changed=True)
+    kube.start_pods(name, NS)
+    old_uid = kube.jobs[(NS, name)]["metadata"]["uid"]
+
+    def fresh_gang() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = kube.jobs.get((NS, name))
+            if job is not None and job["metadata"]["uid"] != old_uid:
+                _log_chief_result(
+                    mlflow_client,
+                    json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION]),
+                )
+                kube.start_pods(name, NS)
+                kube.complete(name, NS)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=fresh_gang, daemon=True).start()
+    _dag_test(run_after, "success")
+    assert len(kube.recorded("POST", "jobs")) == 2
+    spec = json.loads(kube.jobs[(NS, name)]["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION])
+    assert spec["hyperparameters"]["epochs"] == 10
 
 
 def test_a_retry_replaces_the_failed_gang_of_an_earlier_try(airflow_db, mlflow_conn, mlflow_client, kube):
