@@ -133,31 +133,5 @@ def test_tf_config_is_what_the_workers_see(tmp_path, gang_env):
     assert os.environ.get("TF_CONFIG") is None  # nothing leaks into this process
 
 
-MWMS_STEP = """
-    import json, os
-
-    def allreduce(spec):
-        import tensorflow as tf
-
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
-        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
-        value = strategy.run(lambda: tf.constant(float(index + 1)))
-        total = strategy.reduce(tf.distribute.ReduceOp.SUM, value, axis=None)
-        return {"index": index, "replicas": int(strategy.num_replicas_in_sync), "total": float(total)}
-"""
-
-
-@pytest.mark.slow
-def test_multi_worker_mirrored_strategy_all_reduces_across_two_processes(tmp_path):
-    """The local launcher's core: real TensorFlow workers find each other through TF_CONFIG."""
-    (tmp_path / "mwms_steps.py").write_text(textwrap.dedent(MWMS_STEP))
-    gang = GangRunner(
-        worker_environments(local_cluster(2)),
-        env={"PYTHONPATH": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"},
-        timeout=300,
-    )
-    results = gang.run("mwms_steps:allreduce", {})
-    assert results == [
-        {"index": 0, "replicas": 2, "total": 3.0},
-        {"index": 1, "replicas": 2, "total": 3.0},
-    ]
+# A real MultiWorkerMirroredStrategy gang runs in tests/integration/operators/test_training_local.py
+# and tests/integration/runners/test_pod_entrypoint.py.
