@@ -1,12 +1,11 @@
 """
-Example: train a TensorFlow model on two local worker processes, then fine-tune it by warm start.
+Example: train a TensorFlow model on two local worker processes.
 
 ``train`` runs the demo ``run_fn`` (``airflow_ml_provider.ml.training.demo``, the template for
 your own) under MultiWorkerMirroredStrategy on two worker processes of this Airflow worker; the
 log shows each worker's lines as ``[worker i]``. The chief logs params, per-epoch metrics and the
 model (an ``mlflow.pyfunc`` model over the SavedModel) to the task's MLflow run, and XCom gets
-its ``model_uri``. ``fine_tune`` starts from that model (``warm_start_from``) on the next dataset
-version, on one worker.
+its ``model_uri``. The Kubernetes example shows a warm start from the registry's champion.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ with DAG(
     generate = MLStepOperator(
         task_id="generate_data",
         step="generate_dataset",
-        spec={"root": f"{RUN_DIR}/data", "versions": 2, "rows": "{{ params.rows }}"},
+        spec={"root": f"{RUN_DIR}/data", "versions": 1, "rows": "{{ params.rows }}"},
     )
 
     # [START howto_operator_distributed_training_local]
@@ -49,15 +48,4 @@ with DAG(
     )
     # [END howto_operator_distributed_training_local]
 
-    # [START howto_operator_distributed_training_warm_start]
-    fine_tune = DistributedTrainingOperator(
-        task_id="fine_tune",
-        run_fn="airflow_ml_provider.ml.training.demo:run_fn",
-        train_uri="{{ ti.xcom_pull('generate_data')['versions'][1]['uri'] }}",
-        hyperparameters={"epochs": 1, "learning_rate": 0.001},
-        warm_start_from="{{ ti.xcom_pull('train')['model_uri'] }}",
-        seed=7,
-    )
-    # [END howto_operator_distributed_training_warm_start]
-
-    generate >> train >> fine_tune
+    generate >> train

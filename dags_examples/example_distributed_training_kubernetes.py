@@ -32,6 +32,9 @@ with DAG(
         run_fn="airflow_ml_provider.ml.training.demo:run_fn",
         train_uri="{{ params.train_uri }}",
         hyperparameters={"epochs": 20, "batch_size": 4096},
+        # [START howto_operator_distributed_training_warm_start]
+        warm_start_from="models:/churn@champion",  # start from the model in production
+        # [END howto_operator_distributed_training_warm_start]
         workers=4,
         launcher="kubernetes",
         kubernetes_conn_id="kubernetes_default",

@@ -2,17 +2,30 @@
 DistributedTrainingOperator with the local launcher: real TensorFlow worker processes, real MLflow.
 
 The example DAG trains the demo classifier on two workers (MultiWorkerMirroredStrategy over
-localhost) and fine-tunes it by warm start; a one-worker run of the same job must agree with it.
+localhost); a one-worker run of the same job must agree with it; the pods' entrypoint, run as
+local processes, fine-tunes that model by warm start.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import load_dag, run_dag, task_states
+
+from airflow_ml_provider.ml.training.cluster import ENV_WORKER_ADDRESSES, local_cluster
+from airflow_ml_provider.runners.kubernetes_objects import (
+    SPEC_ANNOTATION,
+    SPEC_DIR,
+    SPEC_FILE,
+    GangPodSettings,
+    indexed_job,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -44,7 +57,6 @@ def two_worker_run(airflow_db, mlflow_server, tmp_path_factory) -> dict[str, Any
             "dag_run": dag_run,
             "states": task_states(dag_run),
             "train": _xcom(dag_run, "train"),
-            "fine_tune": _xcom(dag_run, "fine_tune"),
             "data": _xcom(dag_run, "generate_data"),
         }
 
@@ -53,7 +65,6 @@ def test_two_local_workers_train_to_the_expected_accuracy(two_worker_run, mlflow
     assert two_worker_run["states"] == {
         "generate_data": "success",
         "train": "success",
-        "fine_tune": "success",
     }
     train = two_worker_run["train"]
     assert train["workers"] == 2 and train["strategy"] == "multi_worker_mirrored"
@@ -72,9 +83,7 @@ def test_workers_open_no_runs_of_their_own(two_worker_run, mlflow_client):
     runs = mlflow_client.search_runs(
         [experiment.experiment_id], f"tags.`airflow.run_id` = '{dag_run.run_id}'"
     )
-    assert sorted(r.info.run_name for r in runs) == sorted(
-        [dag_run.run_id, "generate_data", "train", "fine_tune"]
-    )
+    assert sorted(r.info.run_name for r in runs) == sorted([dag_run.run_id, "generate_data", "train"])
     all_runs = mlflow_client.search_runs([experiment.experiment_id])
     assert all(r.data.tags.get("airflow.run_id") == dag_run.run_id for r in all_runs)
 
@@ -91,15 +100,6 @@ def test_model_loads_with_pyfunc_and_predicts(two_worker_run, mlflow_server, mon
     assert ((probabilities >= 0) & (probabilities <= 1)).all()
     accuracy = ((probabilities > 0.5) == frame["label"].to_numpy().astype(bool)).mean()
     assert accuracy >= MIN_ACCURACY
-
-
-def test_warm_start_starts_from_the_trained_model(two_worker_run, mlflow_client):
-    fine_tune = two_worker_run["fine_tune"]
-    assert fine_tune["warm_started_from"] == two_worker_run["train"]["model_uri"]
-    # One epoch at a small learning rate from a trained model: already as good as the full run.
-    assert fine_tune["final_metrics"]["accuracy"] >= MIN_ACCURACY
-    run = mlflow_client.get_run(fine_tune["mlflow_run_id"])
-    assert run.data.params["warm_start_from"] == two_worker_run["train"]["model_uri"]
 
 
 def test_one_worker_agrees_with_two_workers(two_worker_run, mlflow_conn, tmp_path):
@@ -172,3 +172,81 @@ def test_a_killed_worker_fails_the_task_with_a_clear_message_and_no_orphan(
         f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.task_id` = 'train'",
     )
     assert [r.info.status for r in task_run] == ["FAILED"]
+
+
+def test_pod_entrypoint_trains_as_a_gang_warm_started_and_only_the_chief_logs(
+    two_worker_run, mlflow_server, mlflow_client, tmp_path
+):
+    """
+    The pods' entrypoint, run for real as local processes with the environment the pods get.
+
+    Each process gets the container's command and environment exactly as the Indexed Job manifest
+    has them, plus what Kubernetes adds (``JOB_COMPLETION_INDEX``). Two substitutions only: the spec
+    file the downward API would mount is a temporary file, and ``AIRFLOW_ML_WORKER_ADDRESSES`` maps
+    the pods' DNS names (which do not resolve here) to localhost ports. The gang fine-tunes the
+    example's model (warm start from its models:/ URI) for one epoch.
+    """
+    warm = two_worker_run["train"]["model_uri"]
+    experiment = mlflow_client.create_experiment("pod-entrypoint")
+    run = mlflow_client.create_run(experiment)
+    spec = {
+        "run_fn": "airflow_ml_provider.ml.training.demo:run_fn",
+        "train_uri": two_worker_run["data"]["versions"][0]["uri"],
+        "strategy": "multi_worker_mirrored",
+        "hyperparameters": {"epochs": 1, "learning_rate": 0.001},
+        "warm_start_from": warm,
+        "seed": 3,
+        "mlflow": {"run_id": run.info.run_id},
+    }
+    settings = GangPodSettings(
+        image="registry.example/ml:1",
+        namespace="ml",
+        workers=2,
+        env={"MLFLOW_TRACKING_URI": mlflow_server.url},
+    )
+    job = indexed_job("train-pods-test", "train_model", spec, settings)
+    template = job["spec"]["template"]
+    container = template["spec"]["containers"][0]
+    spec_file = tmp_path / SPEC_FILE
+    spec_file.write_text(template["metadata"]["annotations"][SPEC_ANNOTATION])
+    command = [sys.executable if part == "python" else part for part in container["command"]]
+    command = [str(spec_file) if part == f"{SPEC_DIR}/{SPEC_FILE}" else part for part in command]
+    addresses = ",".join(local_cluster(2))
+    procs = []
+    for index in range(2):
+        env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
+        env.update({"JOB_COMPLETION_INDEX": str(index), ENV_WORKER_ADDRESSES: addresses})
+        env.pop("TF_CONFIG", None)
+        result = tmp_path / f"result-{index}.json"
+        cmd = [str(result) if part == "/tmp/result.json" else part for part in command]
+        procs.append(
+            (
+                result,
+                subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True),
+            )
+        )
+    outputs = []
+    for _, proc in procs:
+        out, _ = proc.communicate(timeout=600)
+        outputs.append(out)
+    for (_, proc), out in zip(procs, outputs, strict=True):
+        assert proc.returncode == 0, out[-4000:]
+    chief, worker = (json.loads(result.read_text()) for result, _ in procs)
+    assert chief["role"] == "chief" and worker["role"] == "worker"
+    assert chief["workers"] == worker["workers"] == 2 and chief["replicas"] == 2
+    assert "model_uri" in chief and "model_uri" not in worker
+    # The cluster came from the pod environment: the chief names both localhost peers.
+    assert "MultiWorkerMirroredStrategy with cluster_spec" in outputs[0]
+    assert all(address in outputs[0] for address in addresses.split(","))
+    logged = mlflow_client.get_run(run.info.run_id)
+    assert logged.data.params["workers"] == "2"
+    assert [m.step for m in mlflow_client.get_metric_history(run.info.run_id, "loss")] == [0]
+    # Both workers started from the trained model: one epoch at a small rate is already as good.
+    assert all("Warm start: weights loaded from" in out for out in outputs)
+    assert chief["warm_started_from"] == warm
+    assert chief["final_metrics"]["accuracy"] >= MIN_ACCURACY
+    assert logged.data.params["warm_start_from"] == warm
+    assert len(mlflow_client.search_runs([experiment])) == 1  # no worker opened a run
+    models = mlflow_client.search_logged_models(experiment_ids=[experiment])
+    assert [m.model_id for m in models] == [chief["model_uri"].removeprefix("models:/")]
+    assert Path(spec_file).read_text() == json.dumps(spec, sort_keys=True)
