@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from airflow.configuration import conf
 
 from airflow_ml_provider.ml.training.cluster import DEFAULT_PORT, MAX_WORKERS
+from airflow_ml_provider.ml.training.step import STRATEGIES
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ if TYPE_CHECKING:
 
 STEP = "train_model"
 LAUNCHERS = ("local", "kubernetes")
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
 LOG_TAIL_LINES = 40
 ERROR_PATIENCE = 300.0  # seconds of Kubernetes API errors before the wait gives up
 

@@ -70,6 +70,26 @@ def _log_chief_result(mlflow_client: Any, spec: dict[str, Any]) -> None:
     mlflow_client.log_text(spec["mlflow"]["run_id"], json.dumps(result), "training/result.json")
 
 
+def _succeed_new_gang(
+    kube: FakeKubernetes, mlflow_client: Any, name: str, is_new: Callable[[dict[str, Any]], bool]
+) -> None:
+    """In the background: once the gang's Job is a new one, play its pods to success."""
+
+    def body() -> None:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            job = kube.jobs.get((NS, name))
+            if job is not None and is_new(job):
+                spec = json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION])
+                _log_chief_result(mlflow_client, spec)
+                kube.start_pods(name, NS)
+                kube.complete(name, NS)
+                return
+            time.sleep(0.05)
+
+    threading.Thread(target=body, daemon=True).start()
+
+
 def _dag_test(run_after: datetime, expect: str, dag_id: str = DAG_ID) -> Any:
     dag_run = load_dag(dag_id).test(run_after=run_after, logical_date=run_after)
     assert str(dag_run.state) == expect, task_states(dag_run)
@@ -198,21 +218,7 @@ def test_a_gang_started_with_other_arguments_is_replaced(airflow_db, mlflow_conn
     kube.start_pods(name, NS)
     old_uid = kube.jobs[(NS, name)]["metadata"]["uid"]
 
-    def fresh_gang() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            job = kube.jobs.get((NS, name))
-            if job is not None and job["metadata"]["uid"] != old_uid:
-                _log_chief_result(
-                    mlflow_client,
-                    json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION]),
-                )
-                kube.start_pods(name, NS)
-                kube.complete(name, NS)
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=fresh_gang, daemon=True).start()
+    _succeed_new_gang(kube, mlflow_client, name, lambda job: job["metadata"]["uid"] != old_uid)
     _dag_test(run_after, "success")
     assert len(kube.recorded("POST", "jobs")) == 2
     spec = json.loads(kube.jobs[(NS, name)]["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION])
@@ -233,21 +239,9 @@ def test_a_retry_replaces_the_failed_gang_of_an_earlier_try(airflow_db, mlflow_c
     kube.fail_pod(name, NS, 0, job_failed=True)
     posts_before = len(kube.recorded("POST", "jobs"))
 
-    def fresh_gang() -> None:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if len(kube.recorded("POST", "jobs")) > posts_before:
-                job = kube.jobs[(NS, name)]
-                _log_chief_result(
-                    mlflow_client,
-                    json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION]),
-                )
-                kube.start_pods(name, NS)
-                kube.complete(name, NS)
-                return
-            time.sleep(0.05)
-
-    threading.Thread(target=fresh_gang, daemon=True).start()
+    _succeed_new_gang(
+        kube, mlflow_client, name, lambda job: len(kube.recorded("POST", "jobs")) > posts_before
+    )
     _dag_test(run_after, "success")
     assert len(kube.recorded("POST", "jobs")) == posts_before + 1
 
