@@ -66,3 +66,25 @@ class TrainingJobFailed(MLProviderError):
         if report:
             parts.append(f"MLflow run: {report}")
         super().__init__("\n".join(parts))
+
+
+class ModelNotBlessed(MLProviderError):
+    """A candidate model failed its evaluation thresholds (or its infra validation)."""
+
+    def __init__(
+        self, model_uri: str, failures: list[str], *, what: str = "evaluation", report: str | None = None
+    ) -> None:
+        self.model_uri = model_uri
+        self.failures = list(failures)
+        self.what = what
+        self.report = report
+        lines = "\n".join(f"  - {failure}" for failure in self.failures)
+        where = f"\nFull report: {report}" if report else ""
+        super().__init__(
+            f"Model {model_uri} is not blessed by {what}: {len(self.failures)} failed "
+            f"check{'s' if len(self.failures) != 1 else ''}:\n{lines}{where}"
+        )
+
+
+class PromotionRefused(MLProviderError):
+    """The registry alias was not moved: the champion changed since the evaluation, or a blessing is missing."""

@@ -1,0 +1,1 @@
+"""Model evaluation (TFMA), blessing and infra validation steps."""
