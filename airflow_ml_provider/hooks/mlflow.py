@@ -16,6 +16,7 @@ from urllib.parse import quote, urlsplit, urlunsplit
 from airflow.sdk import BaseHook
 
 from airflow_ml_provider.exceptions import MlflowConnectionError
+from airflow_ml_provider.hooks._registry import ModelRegistryMixin
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -110,7 +111,7 @@ def default_embedded_tracking_uri() -> str:
     return f"sqlite:///{os.path.join(os.path.abspath(home), 'mlflow', 'mlflow.db')}"
 
 
-class MlflowHook(BaseHook):
+class MlflowHook(ModelRegistryMixin, BaseHook):
     """
     Talk to an MLflow tracking server and model registry through an Airflow connection.
 
