@@ -1,0 +1,151 @@
+"""Infra validation: the candidate must load and serve in a process of its own, fast enough."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.operators.step import MLStepOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_ml_provider.tracking import TaskRun
+
+ON_FAILURE = ("fail", "skip", "warn")
+ARTIFACT_DIR = "infra_validation"
+
+
+class InfraValidationOperator(MLStepOperator):
+    """
+    Load the model with ``mlflow.pyfunc`` in a separate process, predict sample rows, time it.
+
+    The checks (``load``, ``predict``, ``output_shape``, ``finite``, ``latency_p50``,
+    ``latency_p99``) make the *infra blessing* that :class:`PromoteModelOperator` requires when
+    given ``infra_validation=<this task>.output``. A model that does not load, hangs past the
+    timeouts, returns NaN or the wrong number of predictions, or is too slow is not blessed.
+
+    :param model_uri: the model (templated), e.g. ``train.output["model_uri"]``.
+    :param data_uri: dataset version to take sample rows from (templated).
+    :param data_format: ``"csv"``, ``"parquet"`` or None (templated).
+    :param sample_rows: rows to predict at once.
+    :param drop_columns: columns the model does not take (the label).
+    :param max_latency_ms: ``{"p50": ms, "p99": ms}`` bounds on single-request latency (templated).
+    :param batch_size: rows per timed request.
+    :param requests: timed requests (after a warm-up).
+    :param load_timeout: seconds to load the model.
+    :param timeout: seconds to predict and time once loaded.
+    :param on_failure: ``"fail"`` raises :class:`ModelNotBlessed`; ``"skip"`` skips downstream;
+        ``"warn"`` records and goes on (a promotion then refuses the model).
+    """
+
+    template_fields: Sequence[str] = (
+        "model_uri",
+        "data_uri",
+        "data_format",
+        "max_latency_ms",
+        "python",
+        *MLflowTrackedOperator.template_fields,
+    )
+    template_fields_renderers = {"max_latency_ms": "json"}
+    ui_color = "#e6dff2"
+
+    def __init__(
+        self,
+        *,
+        model_uri: Any,
+        data_uri: str,
+        data_format: str | None = None,
+        sample_rows: int = 100,
+        drop_columns: list[str] | None = None,
+        max_latency_ms: dict[str, float] | None = None,
+        batch_size: int = 1,
+        requests: int = 50,
+        load_timeout: float = 300.0,
+        timeout: float = 300.0,
+        on_failure: str = "fail",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(step="infra_validate", **kwargs)
+        self.model_uri = model_uri
+        self.data_uri = data_uri
+        self.data_format = data_format
+        self.sample_rows = sample_rows
+        self.drop_columns = drop_columns
+        self.max_latency_ms = max_latency_ms
+        self.batch_size = batch_size
+        self.requests = requests
+        self.load_timeout = load_timeout
+        self.timeout = timeout
+        self.on_failure = on_failure
+        self._output_dir: str | None = None
+
+    def _check_arguments(self) -> None:
+        super()._check_arguments()
+        if self.on_failure not in ON_FAILURE:
+            raise ValueError(
+                f"Task {self.task_id!r}: on_failure={self.on_failure!r} is not one of {', '.join(ON_FAILURE)}."
+            )
+        if not self.model_uri or not isinstance(self.model_uri, str):
+            raise ValueError(f"Task {self.task_id!r}: model_uri must be a model URI, got {self.model_uri!r}.")
+
+    def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
+        self._output_dir = tempfile.mkdtemp(prefix="ml-infra-")
+        spec: dict[str, Any] = {
+            "model_uri": str(self.model_uri),
+            "data_uri": str(self.data_uri),
+            "format": self.data_format,
+            "sample_rows": self.sample_rows,
+            "drop_columns": self.drop_columns,
+            "max_latency_ms": self.max_latency_ms,
+            "batch_size": self.batch_size,
+            "requests": self.requests,
+            "load_timeout": self.load_timeout,
+            "timeout": self.timeout,
+            "tracking_uri": run.hook.settings.tracking_uri,
+            "output_dir": f"{self._output_dir}/out",
+        }
+        return {key: value for key, value in spec.items() if value is not None}
+
+    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        try:
+            return super().execute_tracked(context, run)
+        finally:
+            if self._output_dir:
+                shutil.rmtree(self._output_dir, ignore_errors=True)
+
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        super().handle_result(context, run, spec, result)
+        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
+        report = f"runs:/{run.run_id}/{ARTIFACT_DIR}/infra_validation.json" + (
+            f" ({run.url})" if run.url else ""
+        )
+        blessing = {
+            "blessed": bool(result["blessed"]),
+            "model_uri": result["model_uri"],
+            "failures": result["failures"],
+            "checks": result["checks"],
+            "latency_ms": result["latency_ms"],
+            "mlflow_run_id": run.run_id,
+            "report": report,
+        }
+        if blessing["blessed"]:
+            return blessing
+        from airflow_ml_provider.exceptions import ModelNotBlessed
+
+        error = ModelNotBlessed(
+            blessing["model_uri"], blessing["failures"], what="infra validation", report=report
+        )
+        if self.on_failure == "fail":
+            raise error
+        if self.on_failure == "skip":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
+        self.log.warning("%s -- going on (on_failure='warn').", error)
+        return blessing
