@@ -18,6 +18,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "validate_data": "airflow_ml_provider.ml.validation:validate_data",
     "infer_schema": "airflow_ml_provider.ml.validation:infer_schema",
     "train_model": "airflow_ml_provider.ml.training.step:train",
+    "evaluate_model": "airflow_ml_provider.ml.evaluation.step:evaluate_model",
+    "infra_validate": "airflow_ml_provider.ml.evaluation.infra:infra_validate",
 }
 
 

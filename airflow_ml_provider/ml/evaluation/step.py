@@ -1,0 +1,291 @@
+"""
+The ``evaluate_model`` step: a candidate model against a baseline, per slice, with TFMA semantics.
+
+Spec (JSON):
+
+- ``candidate_model_uri``: the candidate, any URI ``mlflow.pyfunc.load_model`` takes;
+- ``baseline_model_uri``: the baseline (the current champion), or null on a first run (then
+  change thresholds are dropped and only value thresholds decide, as TFMA's "rubber stamp");
+- ``data_uri``, ``format``: the evaluation dataset version (csv/parquet file or directory);
+- ``eval_config``: a TFMA ``EvalConfig`` as a dict (protobuf JSON), a JSON string or a text proto;
+- ``label_key`` (default ``label``), ``example_weight_key``, ``feature_columns`` (the columns the
+  models get; default every column but the label and the weight);
+- ``engine``: ``auto`` (in-memory fast path when the config allows it, else TFMA's Beam
+  pipeline), ``fast`` or ``beam``; ``beam_pipeline_args`` for the Beam runner;
+- ``tracking_uri``: MLflow, for ``models:/`` and ``runs:/`` URIs; ``output_dir``: where the
+  artifacts go (``metrics.json``, ``blessing.json``, ``eval_config.pbtxt``, ``report.html``,
+  ``plots/``); ``title`` and ``context`` (strings for the report).
+
+Predictions come from ``mlflow.pyfunc`` for both models, so any framework MLflow can serve works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import shutil
+import tempfile
+from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.ml.evaluation.results import BASELINE, CANDIDATE, OVERALL, EvalOutput
+
+if TYPE_CHECKING:
+    import numpy as np
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+KEYS = {
+    "candidate_model_uri",
+    "baseline_model_uri",
+    "data_uri",
+    "format",
+    "eval_config",
+    "label_key",
+    "example_weight_key",
+    "feature_columns",
+    "engine",
+    "beam_pipeline_args",
+    "tracking_uri",
+    "output_dir",
+    "title",
+    "context",
+}
+ENGINES = ("auto", "fast", "beam")
+CANDIDATE_COLUMN = "__prediction_candidate"
+BASELINE_COLUMN = "__prediction_baseline"
+# MLflow metric names allow letters, digits, _ - . space : and /.
+_UNSAFE = re.compile(r"[^\w.\- :/]")
+MAX_LOGGED_METRICS = 2000
+
+
+def _check_spec(spec: Any) -> dict[str, Any]:
+    if not isinstance(spec, dict):
+        raise ValueError(f"evaluate_model: spec must be a dict, got {type(spec).__name__}.")
+    unknown = set(spec) - KEYS
+    if unknown:
+        raise ValueError(f"evaluate_model: unknown spec keys {sorted(unknown)}; allowed: {sorted(KEYS)}.")
+    for key in ("candidate_model_uri", "data_uri", "output_dir"):
+        if not isinstance(spec.get(key), str) or not spec[key]:
+            raise ValueError(f"evaluate_model: spec key {key!r} is required (a URI or path string).")
+    if spec.get("eval_config") in (None, "", {}):
+        raise ValueError(
+            "evaluate_model: spec key 'eval_config' is required: a TFMA EvalConfig as a dict, JSON or "
+            "text proto with metrics_specs and slicing_specs (see docs/evaluation.md)."
+        )
+    engine = spec.get("engine", "auto")
+    if engine not in ENGINES:
+        raise ValueError(f"evaluate_model: spec key 'engine' must be one of {list(ENGINES)}, got {engine!r}.")
+    columns = spec.get("feature_columns")
+    if columns is not None and (
+        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
+    ):
+        raise ValueError(
+            f"evaluate_model: spec key 'feature_columns' must be a list of str, got {columns!r}."
+        )
+    return {"label_key": "label", "engine": "auto", **spec}
+
+
+def predict(model_uri: str, features: pd.DataFrame, role: str) -> np.ndarray:
+    """
+    Predictions of the pyfunc model at ``model_uri`` as a 1-D float array, one per row.
+
+    :param model_uri: the model (``models:/...``, ``runs:/...``, a path).
+    :param features: the model's input.
+    :param role: ``candidate`` or ``baseline``, for messages.
+    """
+    import mlflow.pyfunc
+    import numpy as np
+    import pandas as pd
+
+    try:
+        model = mlflow.pyfunc.load_model(model_uri)
+    except Exception as err:
+        raise ValueError(f"evaluate_model: cannot load the {role} model {model_uri!r}: {err}") from err
+    output = model.predict(features)
+    if isinstance(output, pd.DataFrame | pd.Series):
+        output = output.to_numpy()
+    array = np.asarray(output, dtype="float64")
+    if array.ndim == 2 and array.shape[1] in (1, 2):
+        # (n, 2) is a binary classifier's predict_proba: the positive class is the last column.
+        array = array[:, -1]
+    if array.ndim != 1 or len(array) != len(features):
+        raise ValueError(
+            f"evaluate_model: the {role} model {model_uri!r} returned shape {array.shape} for "
+            f"{len(features)} rows; it must return one score per row (a binary classifier's "
+            "positive-class probability or a regression value; (n, 2) class probabilities are read "
+            "as binary, positive class last)."
+        )
+    bad = int((~np.isfinite(array)).sum())
+    if bad:
+        raise ValueError(
+            f"evaluate_model: the {role} model {model_uri!r} returned {bad} NaN/inf predictions "
+            f"out of {len(array)}; fix the model (or run infra validation before evaluating)."
+        )
+    return array
+
+
+def _frame_with_predictions(settings: dict[str, Any]) -> pd.DataFrame:
+    from airflow_ml_provider.ml.training.context import read_table
+
+    frame = read_table(settings["data_uri"], settings.get("format"))
+    label, weight = settings["label_key"], settings.get("example_weight_key")
+    for key, column in (("label_key", label), ("example_weight_key", weight)):
+        if column and column not in frame.columns:
+            raise ValueError(
+                f"evaluate_model: {key} {column!r} is not a column of {settings['data_uri']!r} "
+                f"(columns: {', '.join(map(str, frame.columns[:30]))})."
+            )
+    columns = settings.get("feature_columns") or [c for c in frame.columns if c not in (label, weight)]
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"evaluate_model: feature_columns {missing} are not in {settings['data_uri']!r}.")
+    features = frame[columns]
+    frame[CANDIDATE_COLUMN] = predict(settings["candidate_model_uri"], features, CANDIDATE)
+    if settings.get("baseline_model_uri"):
+        frame[BASELINE_COLUMN] = predict(settings["baseline_model_uri"], features, BASELINE)
+    return frame
+
+
+def metric_name(metric: str, slice_label: str, model: str = CANDIDATE) -> str:
+    """
+    The flattened MLflow metric name: ``auc`` (overall), ``auc/sex:F`` (a slice).
+
+    Baseline values and diffs are prefixed ``baseline/`` and ``diff/``.
+    """
+    name = metric if slice_label == OVERALL else f"{metric}/{slice_label.replace('=', ':')}"
+    if model != CANDIDATE:
+        name = f"{model}/{name}"
+    return _UNSAFE.sub("_", name)[:250]
+
+
+def flatten_metrics(output: EvalOutput) -> dict[str, float]:
+    """Every finite metric of every slice, candidate, baseline and diff, under readable names."""
+    flat: dict[str, float] = {}
+    for slice_label, models in output.metrics.items():
+        candidate = models.get(CANDIDATE, {})
+        baseline = models.get(BASELINE, {})
+        for metric, value in candidate.items():
+            flat[metric_name(metric, slice_label)] = value
+            if metric in baseline:
+                flat[metric_name(metric, slice_label, BASELINE)] = baseline[metric]
+                flat[metric_name(metric, slice_label, "diff")] = value - baseline[metric]
+    finite = {k: float(v) for k, v in flat.items() if isinstance(v, int | float) and math.isfinite(v)}
+    if len(finite) > MAX_LOGGED_METRICS:
+        log.warning(
+            "%d metric values; logging the first %d to MLflow (all are in metrics.json).",
+            len(finite),
+            MAX_LOGGED_METRICS,
+        )
+        finite = dict(list(finite.items())[:MAX_LOGGED_METRICS])
+    return finite
+
+
+def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, config_text: str) -> list[str]:
+    from airflow_ml_provider.ml.evaluation.report import write_report
+
+    blessed = output.validation_ok
+    blessing = {
+        "blessed": blessed,
+        "candidate_model_uri": settings["candidate_model_uri"],
+        "baseline_model_uri": settings.get("baseline_model_uri"),
+        "failures": [f.__dict__ for f in output.failures],
+        "engine": output.engine,
+        "example_count": output.example_count,
+    }
+    with open(os.path.join(staging, "metrics.json"), "w") as handle:
+        json.dump(output.to_dict(), handle, indent=1, default=str)
+    with open(os.path.join(staging, "blessing.json"), "w") as handle:
+        json.dump(blessing, handle, indent=1, default=str)
+    with open(os.path.join(staging, "eval_config.pbtxt"), "w") as handle:
+        handle.write(config_text)
+    written = write_report(
+        output,
+        staging,
+        title=settings.get("title") or "Model evaluation",
+        candidate_uri=settings["candidate_model_uri"],
+        baseline_uri=settings.get("baseline_model_uri"),
+        blessed=blessed,
+        context={str(k): str(v) for k, v in (settings.get("context") or {}).items()},
+    )
+    return ["metrics.json", "blessing.json", "eval_config.pbtxt", *written.values()]
+
+
+def evaluate_model(spec: dict[str, Any]) -> dict[str, Any]:
+    """Evaluate the candidate (and baseline) on the dataset version; write the blessing."""
+    from google.protobuf import text_format
+
+    from airflow_ml_provider.ml.evaluation.config import parse_eval_config, prepare_eval_config
+    from airflow_ml_provider.ml.evaluation.engines import evaluate_frame
+
+    settings = _check_spec(spec)
+    config = prepare_eval_config(
+        parse_eval_config(settings["eval_config"]),
+        label_key=settings["label_key"],
+        candidate_column=CANDIDATE_COLUMN,
+        baseline_column=BASELINE_COLUMN if settings.get("baseline_model_uri") else None,
+        example_weight_key=settings.get("example_weight_key"),
+    )
+    if settings.get("tracking_uri"):
+        import mlflow
+
+        mlflow.set_tracking_uri(settings["tracking_uri"])
+    frame = _frame_with_predictions(settings)
+    log.info(
+        "Predicted %d rows with the candidate%s.",
+        len(frame),
+        " and the baseline" * (BASELINE_COLUMN in frame),
+    )
+    out_dir = settings["output_dir"]
+    os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=".evaluation-", dir=os.path.dirname(os.path.abspath(out_dir)))
+    try:
+        output = evaluate_frame(
+            frame,
+            config,
+            engine=settings["engine"],
+            beam_pipeline_args=settings.get("beam_pipeline_args"),
+            workdir=staging,
+        )
+        artifacts = _write_outputs(staging, settings, output, text_format.MessageToString(config))
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.replace(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return _result(settings, output, artifacts)
+
+
+def _result(settings: dict[str, Any], output: EvalOutput, artifacts: list[str]) -> dict[str, Any]:
+    overall = output.metrics.get(OVERALL, {})
+    blessed = output.validation_ok
+    log.info(
+        "%s: %s (%d examples, engine %s)%s",
+        settings["candidate_model_uri"],
+        "BLESSED" if blessed else "NOT BLESSED",
+        output.example_count,
+        output.engine,
+        "".join(f"\n  - {f.describe()}" for f in output.failures),
+    )
+    return {
+        "blessed": blessed,
+        "candidate_model_uri": settings["candidate_model_uri"],
+        "baseline_model_uri": settings.get("baseline_model_uri"),
+        "failed_thresholds": [f.describe() for f in output.failures],
+        "failures": [f.__dict__ for f in output.failures],
+        "metrics": overall.get(CANDIDATE, {}),
+        "baseline_metrics": overall.get(BASELINE, {}),
+        "example_count": output.example_count,
+        "slice_count": len(output.metrics),
+        "engine": output.engine,
+        "notes": output.notes,
+        "artifacts": artifacts,
+        "mlflow": {
+            "metrics": flatten_metrics(output),
+            "params": {"engine": output.engine, "has_baseline": output.has_baseline},
+            "tags": {"airflow_ml.blessed": str(blessed).lower()},
+        },
+    }

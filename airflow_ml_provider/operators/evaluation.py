@@ -1,0 +1,266 @@
+"""Evaluate a candidate model against the champion with TFMA semantics, and bless it or not."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.operators.step import MLStepOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_ml_provider.tracking import TaskRun
+
+ON_NOT_BLESSED = ("fail", "skip", "warn")
+ENGINES = ("auto", "fast", "beam")
+ARTIFACT_DIR = "evaluation"
+
+
+class ModelEvaluationOperator(MLStepOperator):
+    """
+    Compare a candidate model with the production model per slice and decide its blessing.
+
+    Both models are loaded with ``mlflow.pyfunc`` and predict the evaluation dataset version; the
+    metrics, slices and thresholds are a TFMA ``EvalConfig`` (value thresholds, and change
+    thresholds against the baseline). The baseline defaults to the version holding alias
+    ``champion`` of ``registered_model_name``; with no champion yet (first run) only the value
+    thresholds decide. Data that fits in memory takes an in-memory path that computes TFMA's own
+    numbers; other configs (or ``engine="beam"``) run TFMA's Beam pipeline, on any Beam runner.
+
+    The task's MLflow run gets the metrics of every slice (``auc``, ``auc/sex:F``,
+    ``baseline/auc``, ``diff/auc`` ...), ``evaluation/metrics.json``, ``blessing.json``, the
+    effective ``eval_config.pbtxt``, an HTML report and PNG plots. XCom gets the blessing record
+    that :class:`PromoteModelOperator` reads: ``blessed``, ``candidate_model_uri``, ``baseline``
+    (alias and version evaluated against), ``failures`` (slice, metric, value, bound, baseline
+    value), overall ``metrics``, ``dataset_version`` and the MLflow run ids.
+
+    :param candidate_model_uri: the candidate (templated), e.g. ``train.output["model_uri"]``.
+    :param eval_config: a TFMA EvalConfig: dict, JSON or text proto (templated).
+    :param data_uri: the evaluation dataset version (templated).
+    :param registered_model_name: registered model whose ``baseline_alias`` is the baseline
+        (templated).
+    :param baseline_alias: the alias holding the production model (default ``champion``).
+    :param baseline_model_uri: an explicit baseline instead of the alias (templated); such an
+        evaluation cannot be promoted with compare-and-set.
+    :param data_format: ``"csv"``, ``"parquet"`` or None (by extension) (templated).
+    :param label_key: the label column (templated).
+    :param example_weight_key: a weight column, or None (templated).
+    :param feature_columns: columns given to the models (default: all but label and weight).
+    :param dataset_version: recorded in the blessing (templated; default: the version that
+        started the DAG run, see :func:`~airflow_ml_provider.versions.dataset_version`).
+    :param on_not_blessed: ``"fail"`` raises :class:`ModelNotBlessed`; ``"skip"`` skips this
+        task and the tasks downstream; ``"warn"`` logs and returns the record (blessed=False).
+    :param engine: ``"auto"``, ``"fast"`` or ``"beam"``.
+    :param beam_pipeline_args: Beam options for the Beam engine, e.g. ``["--runner=FlinkRunner"]``.
+    """
+
+    template_fields: Sequence[str] = (
+        "candidate_model_uri",
+        "eval_config",
+        "data_uri",
+        "registered_model_name",
+        "baseline_alias",
+        "baseline_model_uri",
+        "data_format",
+        "label_key",
+        "example_weight_key",
+        "dataset_version",
+        "python",
+        *MLflowTrackedOperator.template_fields,
+    )
+    template_fields_renderers = {"eval_config": "json"}
+    ui_color = "#e6dff2"
+
+    def __init__(
+        self,
+        *,
+        candidate_model_uri: Any,
+        eval_config: Any,
+        data_uri: str,
+        registered_model_name: str | None = None,
+        baseline_alias: str = "champion",
+        baseline_model_uri: str | None = None,
+        data_format: str | None = None,
+        label_key: str = "label",
+        example_weight_key: str | None = None,
+        feature_columns: list[str] | None = None,
+        dataset_version: Any = None,
+        on_not_blessed: str = "fail",
+        engine: str = "auto",
+        beam_pipeline_args: list[str] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(step="evaluate_model", **kwargs)
+        self.candidate_model_uri = candidate_model_uri
+        self.eval_config = eval_config
+        self.data_uri = data_uri
+        self.registered_model_name = registered_model_name
+        self.baseline_alias = baseline_alias
+        self.baseline_model_uri = baseline_model_uri
+        self.data_format = data_format
+        self.label_key = label_key
+        self.example_weight_key = example_weight_key
+        self.feature_columns = feature_columns
+        self.dataset_version = dataset_version
+        self.on_not_blessed = on_not_blessed
+        self.engine = engine
+        self.beam_pipeline_args = beam_pipeline_args
+        self._output_dir: str | None = None
+        self._baseline: dict[str, Any] | None = None
+
+    def _check_arguments(self) -> None:
+        super()._check_arguments()
+        where = f"Task {self.task_id!r}"
+        if self.on_not_blessed not in ON_NOT_BLESSED:
+            raise ValueError(
+                f"{where}: on_not_blessed={self.on_not_blessed!r} is not one of {', '.join(ON_NOT_BLESSED)}."
+            )
+        if self.engine not in ENGINES:
+            raise ValueError(f"{where}: engine={self.engine!r} is not one of {', '.join(ENGINES)}.")
+        if not self.candidate_model_uri or not isinstance(self.candidate_model_uri, str):
+            raise ValueError(
+                f"{where}: candidate_model_uri must be a model URI (e.g. train.output['model_uri']), "
+                f"got {self.candidate_model_uri!r}."
+            )
+        if not self.data_uri:
+            raise ValueError(f"{where}: data_uri is empty (after rendering the template).")
+        if not self.eval_config:
+            raise ValueError(
+                f"{where}: eval_config is empty; give a TFMA EvalConfig (dict, JSON or text proto)."
+            )
+
+    def _resolve_baseline(self, run: TaskRun) -> dict[str, Any] | None:
+        """The baseline: an explicit URI, else the alias holder, else None (first run)."""
+        if self.baseline_model_uri:
+            return {"model_uri": str(self.baseline_model_uri), "alias": None, "version": None}
+        if not self.registered_model_name:
+            self.log.info("No registered_model_name and no baseline_model_uri: value thresholds only.")
+            return None
+        version = run.hook.get_alias_version(self.registered_model_name, self.baseline_alias)
+        if version is None:
+            self.log.info(
+                "%s has no alias %r yet (first model): value thresholds only, change thresholds dropped.",
+                self.registered_model_name,
+                self.baseline_alias,
+            )
+            return None
+        self.log.info(
+            "Baseline: %s@%s = version %s", self.registered_model_name, self.baseline_alias, version.version
+        )
+        return {
+            "model_name": self.registered_model_name,
+            "alias": self.baseline_alias,
+            "version": str(version.version),
+            "model_uri": f"models:/{self.registered_model_name}/{version.version}",
+            "source": version.source,
+            "run_id": version.run_id,
+        }
+
+    def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
+        from airflow_ml_provider.versions import triggering_version
+
+        self._baseline = self._resolve_baseline(run)
+        self._output_dir = tempfile.mkdtemp(prefix="ml-evaluation-")
+        config = self.eval_config
+        if self.dataset_version is None:
+            self.dataset_version = (triggering_version(context) or {}).get("version")
+        spec: dict[str, Any] = {
+            "candidate_model_uri": str(self.candidate_model_uri),
+            "baseline_model_uri": (self._baseline or {}).get("model_uri"),
+            "data_uri": str(self.data_uri),
+            "format": self.data_format,
+            "eval_config": config if isinstance(config, dict | str) else str(config),
+            "label_key": self.label_key,
+            "example_weight_key": self.example_weight_key,
+            "feature_columns": self.feature_columns,
+            "engine": self.engine,
+            "beam_pipeline_args": self.beam_pipeline_args,
+            "tracking_uri": run.hook.settings.tracking_uri,
+            "output_dir": f"{self._output_dir}/out",
+            "title": f"{context['ti'].dag_id} / {context['ti'].task_id}",
+            "context": {
+                "DAG run": str(context["ti"].run_id),
+                "dataset version": str(self.dataset_version or "-"),
+                "data": str(self.data_uri),
+                "baseline": self._describe_baseline(),
+            },
+        }
+        return {key: value for key, value in spec.items() if value is not None}
+
+    def _describe_baseline(self) -> str:
+        if self._baseline is None:
+            return "none (first model: value thresholds only)"
+        if self._baseline.get("version"):
+            return f"{self._baseline['model_name']}@{self._baseline['alias']} = version {self._baseline['version']}"
+        return str(self._baseline["model_uri"])
+
+    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        try:
+            return super().execute_tracked(context, run)
+        finally:
+            if self._output_dir:
+                shutil.rmtree(self._output_dir, ignore_errors=True)
+
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        super().handle_result(context, run, spec, result)
+        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
+        record = self._blessing_record(run, result)
+        run.hook.client.log_text(
+            run.run_id, json.dumps(record, indent=1, default=str), f"{ARTIFACT_DIR}/record.json"
+        )
+        if record["blessed"]:
+            return record
+        from airflow_ml_provider.exceptions import ModelNotBlessed
+
+        error = ModelNotBlessed(
+            record["candidate_model_uri"], record["failed_thresholds"], report=record["report"]
+        )
+        if self.on_not_blessed == "fail":
+            raise error
+        if self.on_not_blessed == "skip":
+            from airflow.sdk.exceptions import AirflowSkipException
+
+            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
+        self.log.warning("%s -- going on (on_not_blessed='warn').", error)
+        return record
+
+    def _blessing_record(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:
+        base = f"runs:/{run.run_id}/{ARTIFACT_DIR}"
+        baseline = self._baseline
+        return {
+            "blessed": bool(result["blessed"]),
+            "candidate_model_uri": result["candidate_model_uri"],
+            "registered_model_name": self.registered_model_name,
+            "baseline": None
+            if baseline is None
+            else {k: baseline.get(k) for k in ("model_name", "alias", "version", "model_uri")},
+            "failed_thresholds": result["failed_thresholds"],
+            "failures": result["failures"],
+            "metrics": result["metrics"],
+            "baseline_metrics": result["baseline_metrics"],
+            "example_count": result["example_count"],
+            "engine": result["engine"],
+            "dataset_version": self.dataset_version,
+            "data_uri": str(self.data_uri),
+            "training_run_id": self._training_run_id(run, result["candidate_model_uri"]),
+            "mlflow_run_id": run.run_id,
+            "report": f"{base}/report.html" + (f" ({run.url})" if run.url else ""),
+        }
+
+    def _training_run_id(self, run: TaskRun, model_uri: str) -> str | None:
+        """The run that logged the candidate (an MLflow 3 logged model knows it), for lineage."""
+        try:
+            if model_uri.startswith("models:/m-"):
+                return str(run.hook.client.get_logged_model(model_uri[len("models:/") :]).source_run_id)
+            if model_uri.startswith("runs:/"):
+                return model_uri[len("runs:/") :].split("/", 1)[0]
+        except Exception:
+            self.log.warning("Could not find the run that logged %s", model_uri, exc_info=True)
+        return None

@@ -1,0 +1,263 @@
+"""Promote a blessed model in the MLflow registry: register it and move ``champion`` race-safely."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC
+from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.operators.base import MLflowTrackedOperator
+
+if TYPE_CHECKING:
+    from airflow.sdk import Context
+
+    from airflow_ml_provider.tracking import TaskRun
+
+ON_REFUSED = ("fail", "skip")
+MAX_METRIC_TAGS = 20
+
+
+class PromoteModelOperator(MLflowTrackedOperator):
+    """
+    Register a blessed candidate as a model version and make it the ``champion``.
+
+    The candidate and its blessing come from a :class:`ModelEvaluationOperator`'s output (pass
+    ``evaluation=evaluate.output``), and optionally an :class:`InfraValidationOperator`'s
+    (``infra_validation=infra.output``, then required). Nothing changes in the registry unless the
+    candidate is blessed (and infra-blessed when given).
+
+    Registration is idempotent: the version carries the task instance's key, so a retry finds the
+    version its first try made. The alias moves with compare-and-set: only if it still points at
+    the version the candidate was evaluated against; if another promotion moved it meanwhile, the
+    task refuses (no regression) and says to re-evaluate. The replaced champion keeps the alias
+    ``previous_champion``. The version is tagged with its lineage: DAG run, dataset version, key
+    metrics, and the MLflow runs of data validation, training, evaluation and infra validation.
+
+    Roll back with one call: ``MlflowHook().rollback_alias("churn")``.
+
+    :param model_name: the registered model (templated); created on the first promotion.
+    :param evaluation: the evaluation task's output (templated; an XComArg such as
+        ``evaluate.output``): ``blessed``, ``candidate_model_uri``, ``baseline`` ...
+    :param infra_validation: the infra validation task's output (templated), or None.
+    :param alias: the alias to move (default ``champion``).
+    :param previous_alias: the alias the replaced version keeps (default ``previous_champion``;
+        None: none).
+    :param key_metrics: overall metrics recorded as version tags (default: all, up to 20).
+    :param on_refused: ``"fail"`` raises :class:`PromotionRefused`; ``"skip"`` skips the task.
+    """
+
+    template_fields: Sequence[str] = (
+        "model_name",
+        "evaluation",
+        "infra_validation",
+        "alias",
+        *MLflowTrackedOperator.template_fields,
+    )
+    template_fields_renderers = {"evaluation": "json", "infra_validation": "json"}
+    ui_color = "#f6e7c8"
+
+    def __init__(
+        self,
+        *,
+        model_name: str,
+        evaluation: Any,
+        infra_validation: Any = None,
+        alias: str = "champion",
+        previous_alias: str | None = "previous_champion",
+        key_metrics: list[str] | None = None,
+        on_refused: str = "fail",
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.model_name = model_name
+        self.evaluation = evaluation
+        self.infra_validation = infra_validation
+        self.alias = alias
+        self.previous_alias = previous_alias
+        self.key_metrics = key_metrics
+        self.on_refused = on_refused
+
+    def _check_arguments(self) -> None:
+        if self.on_refused not in ON_REFUSED:
+            raise ValueError(
+                f"Task {self.task_id!r}: on_refused={self.on_refused!r} is not one of {', '.join(ON_REFUSED)}."
+            )
+        if not self.model_name or not isinstance(self.model_name, str):
+            raise ValueError(f"Task {self.task_id!r}: model_name is empty (after rendering the template).")
+        for name, value in (("evaluation", self.evaluation), ("infra_validation", self.infra_validation)):
+            if value is not None and not isinstance(value, dict):
+                raise TypeError(
+                    f"Task {self.task_id!r}: {name} must be the dict the {name} task returned "
+                    f"(pass its .output), got {type(value).__name__}: {str(value)[:200]!r}."
+                )
+        if not self.evaluation or not self.evaluation.get("candidate_model_uri"):
+            raise ValueError(
+                f"Task {self.task_id!r}: evaluation has no candidate_model_uri; pass the "
+                "ModelEvaluationOperator's output (evaluation=evaluate.output)."
+            )
+
+    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        from airflow_ml_provider.exceptions import PromotionRefused
+
+        self._check_arguments()
+        evaluation: dict[str, Any] = self.evaluation
+        run.log_params({"model_name": self.model_name, "alias": self.alias})
+        try:
+            expected = self._expected_version(evaluation)
+            self._require_blessings(evaluation)
+            return self._promote(context, run, evaluation, expected)
+        except PromotionRefused as err:
+            run.set_tags({"airflow_ml.promotion": "refused", "airflow_ml.promotion_refused": str(err)[:5000]})
+            run.flush()
+            if self.on_refused == "skip":
+                from airflow.sdk.exceptions import AirflowSkipException
+
+                raise AirflowSkipException(f"{err} -- skipping (on_refused='skip').") from err
+            raise
+
+    def _expected_version(self, evaluation: dict[str, Any]) -> str | None:
+        """The version of ``alias`` the candidate was evaluated against (None: alias was unset)."""
+        from airflow_ml_provider.exceptions import PromotionRefused
+
+        baseline = evaluation.get("baseline")
+        evaluated_model = evaluation.get("registered_model_name")
+        if evaluated_model != self.model_name:
+            raise PromotionRefused(
+                f"Task {self.task_id!r}: the candidate was evaluated against registered model "
+                f"{evaluated_model!r}, not {self.model_name!r}; set registered_model_name="
+                f"{self.model_name!r} on the evaluation task so that it compares with the {self.alias}."
+            )
+        if baseline is None:
+            return None
+        if baseline.get("alias") != self.alias or baseline.get("version") is None:
+            raise PromotionRefused(
+                f"Task {self.task_id!r}: the candidate was evaluated against {baseline.get('model_uri')!r}, "
+                f"not against alias {self.alias!r} of {self.model_name!r}; promotion needs an "
+                f"evaluation against the current {self.alias}."
+            )
+        return str(baseline["version"])
+
+    def _require_blessings(self, evaluation: dict[str, Any]) -> None:
+        from airflow_ml_provider.exceptions import PromotionRefused
+
+        uri = evaluation["candidate_model_uri"]
+        if evaluation.get("blessed") is not True:
+            failures = evaluation.get("failed_thresholds") or ["(no failures recorded)"]
+            raise PromotionRefused(
+                f"Not promoting {uri}: it is not blessed by its evaluation. Failed thresholds:\n"
+                + "\n".join(f"  - {f}" for f in failures)
+            )
+        infra = self.infra_validation
+        if infra is None:
+            return
+        if infra.get("model_uri") != uri:
+            raise PromotionRefused(
+                f"Not promoting {uri}: the infra validation checked {infra.get('model_uri')!r}, "
+                "another model. Infra-validate the candidate the evaluation blessed."
+            )
+        if infra.get("blessed") is not True:
+            failures = infra.get("failures") or ["(no failures recorded)"]
+            raise PromotionRefused(
+                f"Not promoting {uri}: it is not blessed by infra validation:\n"
+                + "\n".join(f"  - {f}" for f in failures)
+            )
+
+    def _promote(
+        self, context: Context, run: TaskRun, evaluation: dict[str, Any], expected: str | None
+    ) -> dict[str, Any]:
+        from datetime import datetime
+
+        from airflow_ml_provider.exceptions import PromotionRefused
+        from airflow_ml_provider.hooks._registry import alias_changed
+        from airflow_ml_provider.tracking import TaskIdentity
+
+        hook = run.hook
+        identity = TaskIdentity.from_context(context)
+        current = hook.get_alias_version(self.model_name, self.alias)
+        current_version = None if current is None else str(current.version)
+        if current_version != expected:
+            # Checked before registering, so a stale candidate leaves no version behind.
+            raise alias_changed(self.model_name, self.alias, "(not registered)", expected, current_version)
+        uri = evaluation["candidate_model_uri"]
+        version, created = hook.register_version(
+            self.model_name,
+            uri,
+            registration_key=identity.ti_key,
+            run_id=evaluation.get("training_run_id"),
+            tags=self._lineage_tags(run, identity, evaluation, expected),
+            description=f"Candidate {uri}, promoted by {identity.dag_id}/{identity.run_id}.",
+        )
+        self.log.info(
+            "%s version %s of %s for %s",
+            "Registered" if created else "Found",
+            version.version,
+            self.model_name,
+            uri,
+        )
+        try:
+            move = hook.move_alias(
+                self.model_name,
+                str(version.version),
+                expected=expected,
+                owner=identity.ti_key,
+                alias=self.alias,
+                previous_alias=self.previous_alias,
+            )
+        except PromotionRefused as err:
+            hook.client.set_model_version_tag(
+                self.model_name, version.version, "airflow_ml.promotion_refused", str(err)[:5000]
+            )
+            raise
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        for key, value in {
+            "airflow_ml.promoted_at": now,
+            "airflow_ml.promoted_to": self.alias,
+            "airflow_ml.replaced_version": expected or "none",
+        }.items():
+            hook.client.set_model_version_tag(self.model_name, version.version, key, value)
+        summary = {
+            "model_name": self.model_name,
+            "version": str(version.version),
+            "alias": self.alias,
+            "previous_version": expected,
+            "model_uri": f"models:/{self.model_name}/{version.version}",
+            "candidate_model_uri": uri,
+            "registered_now": created,
+            "epoch": move.epoch,
+            "mlflow_run_id": run.run_id,
+        }
+        run.set_tags({"airflow_ml.promotion": "promoted", "airflow_ml.model_version": str(version.version)})
+        run.log_params({"version": version.version, "previous_version": expected or "none"})
+        self.log.info(
+            "%s of %s is now version %s (was %s).", self.alias, self.model_name, version.version, expected
+        )
+        return summary
+
+    def _lineage_tags(
+        self, run: TaskRun, identity: Any, evaluation: dict[str, Any], expected: str | None
+    ) -> dict[str, str]:
+        from airflow_ml_provider.tracking import TAG_DAG_RUN_KEY
+
+        tags = {
+            "airflow_ml.dag_id": identity.dag_id,
+            "airflow_ml.dag_run": identity.run_id,
+            "airflow_ml.candidate_model_uri": str(evaluation["candidate_model_uri"]),
+            "airflow_ml.dataset_version": str(evaluation.get("dataset_version") or ""),
+            "airflow_ml.evaluated_against": expected or "none",
+            "airflow_ml.run.promotion": run.run_id,
+        }
+        runs = {
+            "training": evaluation.get("training_run_id"),
+            "evaluation": evaluation.get("mlflow_run_id"),
+            "infra_validation": (self.infra_validation or {}).get("mlflow_run_id"),
+        }
+        validation = run.hook.find_runs(
+            run.experiment_id, {TAG_DAG_RUN_KEY: identity.dag_run_key, "airflow_ml.step": "validate_data"}
+        )
+        if validation:
+            runs["validation"] = ",".join(r.info.run_id for r in validation)
+        tags.update({f"airflow_ml.run.{k}": str(v) for k, v in runs.items() if v})
+        metrics = evaluation.get("metrics") or {}
+        names = self.key_metrics or sorted(metrics)[:MAX_METRIC_TAGS]
+        tags.update({f"airflow_ml.metric.{n}": f"{metrics[n]:.6g}" for n in names if n in metrics})
+        return {k: v for k, v in tags.items() if v}

@@ -1,0 +1,73 @@
+"""DAGs for the evaluation and promotion tests: evaluate -> (barrier) -> promote, and a crash."""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+from pathlib import Path
+
+from airflow.sdk import DAG, task
+from model_fixtures import EVAL_CONFIG
+
+from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
+from airflow_ml_provider.operators.promotion import PromoteModelOperator
+
+PARAMS = {"candidate_uri": "", "data_uri": "", "model_name": "", "barrier_dir": "", "peers": 1}
+
+
+@task
+def barrier(barrier_dir: str, peers: int, run_id: str | None = None) -> None:
+    """Hold until ``peers`` DAG runs got here: forces concurrent promotions in the race test."""
+    if not barrier_dir:
+        return
+    Path(barrier_dir, str(run_id).replace(":", "_")).touch()
+    deadline = time.monotonic() + 180
+    while len(list(Path(barrier_dir).iterdir())) < int(peers):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"barrier {barrier_dir}: peers did not arrive")
+        time.sleep(0.05)
+
+
+class PromoteThatCrashesOnce(PromoteModelOperator):
+    """Loses its worker between registering the version and moving the alias, on the first try."""
+
+    def execute_tracked(self, context, run):  # type: ignore[no-untyped-def]
+        if context["ti"].try_number == 1:
+
+            def crash(*args, **kwargs):  # type: ignore[no-untyped-def]
+                raise RuntimeError("worker lost between registering and aliasing")
+
+            run.hook.move_alias = crash
+        return super().execute_tracked(context, run)
+
+
+def _evaluate() -> ModelEvaluationOperator:
+    return ModelEvaluationOperator(
+        task_id="evaluate",
+        candidate_model_uri="{{ params.candidate_uri }}",
+        data_uri="{{ params.data_uri }}",
+        registered_model_name="{{ params.model_name }}",
+        eval_config=EVAL_CONFIG,
+        retries=0,
+    )
+
+
+with DAG(dag_id="blessing_pipeline", schedule=None, render_template_as_native_obj=True, params=PARAMS):
+    evaluate = _evaluate()
+    gate = barrier("{{ params.barrier_dir }}", "{{ params.peers }}", run_id="{{ run_id }}")
+    promote = PromoteModelOperator(
+        task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
+    )
+    evaluate >> gate >> promote
+
+with DAG(
+    dag_id="blessing_crash_after_register", schedule=None, render_template_as_native_obj=True, params=PARAMS
+):
+    evaluate = _evaluate()
+    PromoteThatCrashesOnce(
+        task_id="promote",
+        model_name="{{ params.model_name }}",
+        evaluation=evaluate.output,
+        retries=1,
+        retry_delay=timedelta(seconds=0),
+    )

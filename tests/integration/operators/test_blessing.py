@@ -1,0 +1,168 @@
+"""Evaluate -> promote through real DAG runs: blessing, refusal, retry after a crash, and the race.
+
+Real scikit-learn models served by mlflow.pyfunc, real TFMA semantics, a real mlflow server
+(PostgreSQL-backed when configured) and real Airflow task runs with dag.test().
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import uuid
+
+import pytest
+from harness import load_dag, postgres_base_url, run_dag, task_states
+from model_fixtures import churn_version, log_churn_model, run_blessing_dag
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def churn(tmp_path_factory, mlflow_server):
+    """Evaluation data, and the three models trained on another version."""
+    root = tmp_path_factory.mktemp("churn")
+    train_uri = churn_version(root / "train", seed=11)
+    eval_uri = churn_version(root / "eval", seed=12)
+    models = {
+        quality: log_churn_model(mlflow_server.url, "blessing_models", train_uri, quality)
+        for quality in ("weak", "medium", "good")
+    }
+    return {"eval_uri": eval_uri, "models": models}
+
+
+def _conf(churn, model_name: str, quality: str, **extra) -> dict:
+    return {
+        "candidate_uri": churn["models"][quality],
+        "data_uri": churn["eval_uri"],
+        "model_name": model_name,
+        **extra,
+    }
+
+
+def _champion(client, name: str, alias: str = "champion") -> str | None:
+    model = client.get_registered_model(name)
+    version = (model.aliases or {}).get(alias)
+    return None if version is None else str(version)
+
+
+def _xcom(dag_run, task_id: str):
+    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id)
+    return ti.xcom_pull(task_ids=task_id)
+
+
+def test_first_model_then_better_is_promoted_worse_is_not(
+    airflow_db, mlflow_conn, mlflow_client, churn, tmp_path
+):
+    name = f"churn_{uuid.uuid4().hex[:6]}"
+    dag = load_dag("blessing_pipeline")
+
+    # First model: no champion, so value thresholds only (the change threshold is dropped).
+    first = run_dag(dag, conf=_conf(churn, name, "weak"))
+    record = _xcom(first, "evaluate")
+    assert record["blessed"] and record["baseline"] is None and record["failures"] == []
+    assert record["metrics"]["auc"] > 0.55 and record["engine"] == "fast"
+    assert _champion(mlflow_client, name) == "1"
+
+    # A better candidate is blessed against the champion and replaces it.
+    better = run_dag(dag, conf=_conf(churn, name, "good"))
+    record = _xcom(better, "evaluate")
+    assert record["blessed"] and record["baseline"]["version"] == "1"
+    assert record["metrics"]["auc"] > record["baseline_metrics"]["auc"]
+    promoted = _xcom(better, "promote")
+    assert (promoted["version"], promoted["previous_version"]) == ("2", "1")
+    assert (_champion(mlflow_client, name), _champion(mlflow_client, name, "previous_champion")) == ("2", "1")
+    tags = mlflow_client.get_model_version(name, "2").tags
+    assert tags["airflow_ml.evaluated_against"] == "1"
+    assert tags["airflow_ml.run.evaluation"] == record["mlflow_run_id"]
+    assert (
+        tags["airflow_ml.run.training"]
+        == mlflow_client.get_logged_model(churn["models"]["good"].split("/")[-1]).source_run_id
+    )
+    assert float(tags["airflow_ml.metric.auc"]) == pytest.approx(record["metrics"]["auc"], rel=1e-5)
+    assert "airflow_ml.promoted_at" in tags
+
+    # A worse candidate fails the change threshold on every slice; the registry does not change.
+    worse = run_dag(dag, conf=_conf(churn, name, "medium"), expect="failed")
+    assert task_states(worse) == {
+        "evaluate": "failed",
+        "barrier": "upstream_failed",
+        "promote": "upstream_failed",
+    }
+    run = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name("blessing_pipeline").experiment_id],
+        f"tags.`airflow.run_id` = '{worse.run_id}' and tags.`airflow.task_id` = 'evaluate'",
+    )[0]
+    assert run.data.tags["airflow_ml.blessed"] == "false"
+    local = mlflow_client.download_artifacts(run.info.run_id, "evaluation/blessing.json", str(tmp_path))
+    blessing = json.loads(open(local).read())
+    failed = {(f["slice"], f["metric"], f["kind"]) for f in blessing["failures"]}
+    assert ("Overall", "auc", "change") in failed
+    assert all(
+        f["baseline_value"] is not None and f["value"] < f["baseline_value"] for f in blessing["failures"]
+    )
+    assert run.data.metrics["diff/auc"] < 0 and "auc/region:north" in run.data.metrics
+    assert _champion(mlflow_client, name) == "2"
+    assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 2
+
+
+def test_retry_after_crash_between_register_and_alias(airflow_db, mlflow_conn, mlflow_client, churn):
+    name = f"churn_{uuid.uuid4().hex[:6]}"
+    dag_run = run_dag(load_dag("blessing_crash_after_register"), conf=_conf(churn, name, "good"))
+    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "promote")
+    assert ti.try_number == 2
+    assert _xcom(dag_run, "promote")["registered_now"] is False
+    assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 1
+    assert _champion(mlflow_client, name) == "1"
+
+
+def test_two_dag_runs_promoting_at_once(airflow_db, mlflow_conn, mlflow_client, churn, tmp_path):
+    """Both evaluate against the same champion, then promote together: exactly one wins."""
+    if not postgres_base_url():
+        pytest.skip("needs PostgreSQL (concurrent Airflow task runs and mlflow server backend)")
+    name = f"churn_{uuid.uuid4().hex[:6]}"
+    dag = load_dag("blessing_pipeline")
+    run_dag(dag, conf=_conf(churn, name, "weak"))
+    assert _champion(mlflow_client, name) == "1"
+
+    barrier_dir = tmp_path / "barrier"
+    barrier_dir.mkdir()
+    ctx = multiprocessing.get_context("spawn")
+    out = ctx.Queue()
+    procs = {
+        quality: ctx.Process(
+            target=run_blessing_dag,
+            args=(
+                quality,
+                mlflow_conn.connection_json(),
+                _conf(churn, name, quality, barrier_dir=str(barrier_dir), peers=2),
+                out,
+            ),
+        )
+        for quality in ("medium", "good")
+    }
+    for proc in procs.values():
+        proc.start()
+    results = dict(out.get(timeout=400) for _ in procs)
+    for proc in procs.values():
+        proc.join(timeout=60)
+    states = {quality: result["states"] for quality, result in results.items()}
+    assert all(s["evaluate"] == "success" for s in states.values()), states
+    winners = [q for q, s in states.items() if s["promote"] == "success"]
+    assert len(winners) == 1, states
+    loser = next(q for q in states if q not in winners)
+    assert states[loser]["promote"] == "failed"
+    experiment_id = mlflow_client.get_experiment_by_name("blessing_pipeline").experiment_id
+    (refused,) = mlflow_client.search_runs(
+        [experiment_id],
+        f"tags.`airflow.run_id` = '{results[loser]['run_id']}' and tags.`airflow.task_id` = 'promote'",
+    )
+    assert refused.data.tags["airflow_ml.promotion"] == "refused"
+    assert "Re-evaluate" in refused.data.tags["airflow_ml.promotion_refused"]
+    champion = mlflow_client.get_model_version(name, _champion(mlflow_client, name))
+    assert champion.tags["airflow_ml.candidate_model_uri"] == churn["models"][winners[0]]
+    assert _champion(mlflow_client, name, "previous_champion") == "1"
+
+    # The loser re-evaluates against the new champion: promoted if better, refused if worse.
+    run_dag(dag, conf=_conf(churn, name, loser), expect=None)
+    champion = mlflow_client.get_model_version(name, _champion(mlflow_client, name))
+    assert champion.tags["airflow_ml.candidate_model_uri"] == churn["models"]["good"]
