@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -23,6 +25,11 @@ _DAGS_FOLDER.mkdir()
 (_DAGS_FOLDER / "examples").symlink_to(Path(__file__).parent.parent / "dags_examples")
 os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(_DAGS_FOLDER)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# One Fernet key and one JWT secret for the session, in the environment, so that child processes
+# (a second `dag.test()` in the promotion race, the cluster's components) read the connections and
+# task tokens this process wrote; otherwise each process generates its own.
+os.environ["AIRFLOW__CORE__FERNET_KEY"] = base64.urlsafe_b64encode(os.urandom(32)).decode()
+os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
