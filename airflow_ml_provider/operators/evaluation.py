@@ -39,7 +39,7 @@ class ModelEvaluationOperator(MLStepOperator):
     (alias and version evaluated against), ``failures`` (slice, metric, value, bound, baseline
     value), overall ``metrics``, ``dataset_version`` and the MLflow run ids.
 
-    :param candidate_model_uri: the candidate (templated), e.g. ``train.output["model_uri"]``.
+    :param candidate_model_uri: the candidate (templated), e.g. ``"{{ ti.xcom_pull('train')['model_uri'] }}"``.
     :param eval_config: a TFMA EvalConfig: dict, JSON or text proto (templated).
     :param data_uri: the evaluation dataset version (templated).
     :param registered_model_name: registered model whose ``baseline_alias`` is the baseline

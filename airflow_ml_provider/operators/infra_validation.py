@@ -28,7 +28,7 @@ class InfraValidationOperator(MLStepOperator):
     given ``infra_validation=<this task>.output``. A model that does not load, hangs past the
     timeouts, returns NaN or the wrong number of predictions, or is too slow is not blessed.
 
-    :param model_uri: the model (templated), e.g. ``train.output["model_uri"]``.
+    :param model_uri: the model (templated), e.g. ``"{{ ti.xcom_pull('train')['model_uri'] }}"``.
     :param data_uri: dataset version to take sample rows from (templated).
     :param data_format: ``"csv"``, ``"parquet"`` or None (templated).
     :param sample_rows: rows to predict at once.

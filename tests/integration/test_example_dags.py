@@ -22,6 +22,7 @@ def test_example_dags_import_cleanly():
         "example_data_validation",
         "example_distributed_training",
         "example_distributed_training_kubernetes",
+        "example_model_blessing",
     } <= set(bag.dags)
 
 
@@ -88,3 +89,39 @@ def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, m
     assert runs["validate_v1"].data.metrics["anomaly_count"] == 0
     assert runs["validate_v2_warn"].data.metrics["anomaly_count"] > 0
     assert (tmp_path / "schema").exists() or any(tmp_path.rglob("schema.pbtxt"))
+
+
+@pytest.mark.slow
+def test_example_model_blessing_evaluates_infra_validates_and_promotes(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path
+):
+    """First model of a new registered model: no champion, so value thresholds alone bless it."""
+    import uuid
+
+    name = f"churn_example_{uuid.uuid4().hex[:6]}"
+    dag_run = run_dag(
+        load_dag("example_model_blessing"),
+        conf={"data_root": str(tmp_path), "rows": 3000, "epochs": 2, "model_name": name},
+    )
+    assert task_states(dag_run) == {
+        "generate_data": "success",
+        "train": "success",
+        "evaluate": "success",
+        "infra_validate": "success",
+        "promote": "success",
+    }
+    xcom = {
+        ti.task_id: ti.xcom_pull(task_ids=ti.task_id)
+        for ti in dag_run.get_task_instances()
+        if ti.task_id in ("train", "evaluate", "infra_validate", "promote")
+    }
+    evaluation, infra, promotion = xcom["evaluate"], xcom["infra_validate"], xcom["promote"]
+    assert evaluation["blessed"] and evaluation["baseline"] is None and evaluation["failures"] == []
+    assert evaluation["candidate_model_uri"] == xcom["train"]["model_uri"]
+    assert evaluation["metrics"]["auc"] >= 0.6
+    assert infra["blessed"] and infra["model_uri"] == xcom["train"]["model_uri"]
+    assert promotion["version"] == "1" and promotion["previous_version"] is None
+    assert mlflow_client.get_registered_model(name).aliases == {"champion": "1"}
+    tags = mlflow_client.get_model_version(name, "1").tags
+    assert tags["airflow_ml.run.evaluation"] == evaluation["mlflow_run_id"]
+    assert tags["airflow_ml.run.training"] == xcom["train"]["mlflow_run_id"]
