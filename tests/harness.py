@@ -202,6 +202,12 @@ def task_states(dag_run: Any) -> dict[str, str]:
     }
 
 
+def task_xcom(dag_run: Any, task_id: str) -> Any:
+    """The return value of ``task_id`` in ``dag_run`` (an unmapped task)."""
+    ti = next(t for t in dag_run.get_task_instances() if t.task_id == task_id)
+    return ti.xcom_pull(task_ids=task_id)
+
+
 # -- parallel task processes ------------------------------------------------------------------
 
 

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import uuid
 from pathlib import Path
 
 import pytest
-from harness import load_dag, run_dag, task_states
+from harness import load_dag, run_dag, task_states, task_xcom
 
 pytestmark = pytest.mark.integration
 
@@ -96,8 +97,6 @@ def test_example_model_blessing_evaluates_infra_validates_and_promotes(
     airflow_db, mlflow_conn, mlflow_client, tmp_path
 ):
     """First model of a new registered model: no champion, so value thresholds alone bless it."""
-    import uuid
-
     name = f"churn_example_{uuid.uuid4().hex[:6]}"
     dag_run = run_dag(
         load_dag("example_model_blessing"),
@@ -110,11 +109,7 @@ def test_example_model_blessing_evaluates_infra_validates_and_promotes(
         "infra_validate": "success",
         "promote": "success",
     }
-    xcom = {
-        ti.task_id: ti.xcom_pull(task_ids=ti.task_id)
-        for ti in dag_run.get_task_instances()
-        if ti.task_id in ("train", "evaluate", "infra_validate", "promote")
-    }
+    xcom = {task: task_xcom(dag_run, task) for task in ("train", "evaluate", "infra_validate", "promote")}
     evaluation, infra, promotion = xcom["evaluate"], xcom["infra_validate"], xcom["promote"]
     assert evaluation["blessed"] and evaluation["baseline"] is None and evaluation["failures"] == []
     assert evaluation["candidate_model_uri"] == xcom["train"]["model_uri"]

@@ -11,7 +11,7 @@ import multiprocessing
 import uuid
 
 import pytest
-from harness import load_dag, postgres_base_url, run_dag, task_states
+from harness import load_dag, postgres_base_url, run_dag, task_states, task_xcom
 from model_fixtures import churn_version, log_churn_model, run_blessing_dag
 
 pytestmark = pytest.mark.slow
@@ -45,11 +45,6 @@ def _champion(client, name: str, alias: str = "champion") -> str | None:
     return None if version is None else str(version)
 
 
-def _xcom(dag_run, task_id: str):
-    ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == task_id)
-    return ti.xcom_pull(task_ids=task_id)
-
-
 def test_first_model_then_better_is_promoted_worse_is_not(
     airflow_db, mlflow_conn, mlflow_client, churn, tmp_path
 ):
@@ -58,17 +53,17 @@ def test_first_model_then_better_is_promoted_worse_is_not(
 
     # First model: no champion, so value thresholds only (the change threshold is dropped).
     first = run_dag(dag, conf=_conf(churn, name, "weak"))
-    record = _xcom(first, "evaluate")
+    record = task_xcom(first, "evaluate")
     assert record["blessed"] and record["baseline"] is None and record["failures"] == []
     assert record["metrics"]["auc"] > 0.55 and record["engine"] == "fast"
     assert _champion(mlflow_client, name) == "1"
 
     # A better candidate is blessed against the champion and replaces it.
     better = run_dag(dag, conf=_conf(churn, name, "good"))
-    record = _xcom(better, "evaluate")
+    record = task_xcom(better, "evaluate")
     assert record["blessed"] and record["baseline"]["version"] == "1"
     assert record["metrics"]["auc"] > record["baseline_metrics"]["auc"]
-    promoted = _xcom(better, "promote")
+    promoted = task_xcom(better, "promote")
     assert (promoted["version"], promoted["previous_version"]) == ("2", "1")
     assert (_champion(mlflow_client, name), _champion(mlflow_client, name, "previous_champion")) == ("2", "1")
     tags = mlflow_client.get_model_version(name, "2").tags
@@ -110,7 +105,7 @@ def test_retry_after_crash_between_register_and_alias(airflow_db, mlflow_conn, m
     dag_run = run_dag(load_dag("blessing_crash_after_register"), conf=_conf(churn, name, "good"))
     ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "promote")
     assert ti.try_number == 2
-    assert _xcom(dag_run, "promote")["registered_now"] is False
+    assert task_xcom(dag_run, "promote")["registered_now"] is False
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 1
     assert _champion(mlflow_client, name) == "1"
 

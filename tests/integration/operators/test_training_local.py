@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_states
+from harness import load_dag, run_dag, task_states, task_xcom
 
 from airflow_ml_provider.ml.training.cluster import ENV_WORKER_ADDRESSES, local_cluster
 from airflow_ml_provider.runners.kubernetes_objects import (
@@ -39,11 +39,6 @@ MIN_ACCURACY = 0.74
 AGREEMENT = 0.02
 
 
-def _xcom(dag_run: Any, task_id: str) -> Any:
-    ti = next(t for t in dag_run.get_task_instances() if t.task_id == task_id)
-    return ti.xcom_pull(task_ids=task_id)
-
-
 @pytest.fixture(scope="module")
 def two_worker_run(airflow_db, mlflow_server, tmp_path_factory) -> dict[str, Any]:
     with pytest.MonkeyPatch.context() as mp:
@@ -56,8 +51,8 @@ def two_worker_run(airflow_db, mlflow_server, tmp_path_factory) -> dict[str, Any
         return {
             "dag_run": dag_run,
             "states": task_states(dag_run),
-            "train": _xcom(dag_run, "train"),
-            "data": _xcom(dag_run, "generate_data"),
+            "train": task_xcom(dag_run, "train"),
+            "data": task_xcom(dag_run, "generate_data"),
         }
 
 
@@ -107,7 +102,7 @@ def test_one_worker_agrees_with_two_workers(two_worker_run, mlflow_conn, tmp_pat
         load_dag("training_one_worker"),
         conf={"train_uri": two_worker_run["data"]["versions"][0]["uri"], "epochs": EPOCHS},
     )
-    one = _xcom(dag_run, "train")["final_metrics"]
+    one = task_xcom(dag_run, "train")["final_metrics"]
     two = two_worker_run["train"]["final_metrics"]
     assert one["val_accuracy"] >= MIN_ACCURACY
     assert abs(one["val_accuracy"] - two["val_accuracy"]) <= AGREEMENT, (one, two)
