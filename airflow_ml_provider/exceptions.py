@@ -88,3 +88,28 @@ class ModelNotBlessed(MLProviderError):
 
 class PromotionRefused(MLProviderError):
     """The registry alias was not moved: the champion changed since the evaluation, or a blessing is missing."""
+
+
+class TuningFailed(MLProviderError):
+    """A tuning study ended without a usable result: no trial completed, or too many trials failed."""
+
+    def __init__(
+        self,
+        study: str,
+        reason: str,
+        failed_trials: list[dict[str, object]] | None = None,
+        report: str | None = None,
+    ) -> None:
+        self.study = study
+        self.reason = reason
+        self.failed_trials = list(failed_trials or [])
+        self.report = report
+        lines = [
+            f"  - trial {t.get('number')} {t.get('params')}: {t.get('error')}"
+            for t in self.failed_trials[:10]
+        ]
+        if len(self.failed_trials) > 10:
+            lines.append(f"  ... and {len(self.failed_trials) - 10} more (trials.csv in the MLflow run)")
+        where = f"\nMLflow run: {report}" if report else ""
+        failed = "\nFailed trials:\n" + "\n".join(lines) if lines else ""
+        super().__init__(f"Tuning study {study!r}: {reason}.{failed}{where}")

@@ -11,7 +11,10 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,9 @@ log = logging.getLogger("airflow_ml_provider.ml")
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
+# Set by PythonRunner: the pid of the process that started this step.
+PARENT_PID_ENV = "AIRFLOW_ML_PARENT_PID"
+PARENT_CHECK_SECONDS = 0.5
 
 
 class UsageError(Exception):
@@ -123,6 +129,27 @@ def _write_atomically(result: dict[str, Any], result_file: Path) -> None:
         _remove(tmp)
 
 
+def _watch_parent() -> None:
+    """
+    Kill this step's process group when the process that started it is gone.
+
+    A task process killed with SIGKILL cannot stop its steps, which run in process groups of their
+    own; without this they would go on (a retry would then run beside them: two tuning workers on
+    one trial, two trainers writing one model).
+    """
+    expected = os.environ.get(PARENT_PID_ENV)
+    if not expected or not expected.isdigit():
+        return
+
+    def watch() -> None:
+        while os.getppid() == int(expected):
+            time.sleep(PARENT_CHECK_SECONDS)
+        log.error("The process that started this step (pid %s) is gone: stopping the step", expected)
+        os.killpg(os.getpgrp(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def _run(step: str, spec_file: Path, result_file: Path) -> int:
     """
     Run the step and write its result; return the exit code.
@@ -138,6 +165,7 @@ def _run(step: str, spec_file: Path, result_file: Path) -> int:
     _check_step(step)
     from airflow_ml_provider.runners.in_process import InProcessRunner
 
+    _watch_parent()
     log.info("Step %s: starting (pid %s)", step, os.getpid())
     result = InProcessRunner().run(step, spec, logger=log)
     _write_atomically(result, result_file)

@@ -20,6 +20,8 @@ BUILTIN_STEPS: dict[str, str] = {
     "train_model": "airflow_ml_provider.ml.training.step:train",
     "evaluate_model": "airflow_ml_provider.ml.evaluation.step:evaluate_model",
     "infra_validate": "airflow_ml_provider.ml.evaluation.infra:infra_validate",
+    "tune": "airflow_ml_provider.ml.tuning.worker:tune",
+    "tuning_summary": "airflow_ml_provider.ml.tuning.summary:summarize",
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
+from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
 from airflow_ml_provider.runners._logger import StepLogger
 from airflow_ml_provider.runners.in_process import json_round_trip
 
@@ -182,7 +183,8 @@ class PythonRunner:
 
         :param python: the (checked) interpreter.
         """
-        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+        # PARENT_PID_ENV: the step stops by itself if this process dies without killing it (SIGKILL).
+        env = {**os.environ, **self.env, "PYTHONUNBUFFERED": "1", PARENT_PID_ENV: str(os.getpid())}
         if not _package_importable(python, env, self.cwd):
             paths = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
             env["PYTHONPATH"] = os.pathsep.join([*paths, PACKAGE_PARENT])

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -87,14 +88,24 @@ class ChiefTracker:
                 log.warning("Could not log params to MLflow run %s: %s", self.run_id, err)
 
 
-def _epoch_logger(tracker: ChiefTracker, prefix: str) -> Any:
-    """A tf_keras callback that logs every epoch's metrics (``<prefix><name>``, step = epoch)."""
+EpochHook = Callable[[int, dict[str, float]], None]
+
+
+def _epoch_logger(tracker: ChiefTracker, prefix: str, hooks: list[EpochHook]) -> Any:
+    """
+    A tf_keras callback that logs every epoch's metrics (``<prefix><name>``, step = epoch).
+
+    ``hooks`` see every epoch's metrics after they are logged (a tuning trial reports its metric
+    and may stop training there by raising).
+    """
     import tf_keras
 
     class MlflowEpochLogger(tf_keras.callbacks.Callback):
         def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-            numbers = {f"{prefix}{k}": float(v) for k, v in (logs or {}).items() if _is_number(v)}
-            tracker.log_metrics(numbers, step=epoch)
+            numbers = {str(k): float(v) for k, v in (logs or {}).items() if _is_number(v)}
+            tracker.log_metrics({f"{prefix}{k}": v for k, v in numbers.items()}, step=epoch)
+            for hook in hooks:
+                hook(epoch, numbers)
 
     return MlflowEpochLogger()
 
@@ -126,6 +137,8 @@ class TrainingContext:
     :param warm_start_path: a local SavedModel to start from, or None.
     :param mlflow_run_id: the task's MLflow run (the chief logs into it).
     :param seed: the random seed set before ``run_fn`` ran, if any.
+    :param trial_number: the tuning trial this run is, or None in a training task.
+    :param epoch_hooks: called with ``(epoch, metrics)`` after every epoch by :meth:`callbacks`.
     """
 
     train_uri: str
@@ -143,6 +156,8 @@ class TrainingContext:
     mlflow_run_id: str | None = None
     seed: int | None = None
     tracker: ChiefTracker = field(default_factory=lambda: ChiefTracker(None, enabled=False), repr=False)
+    trial_number: int | None = None
+    epoch_hooks: list[EpochHook] = field(default_factory=list, repr=False)
 
     @property
     def is_chief(self) -> bool:
@@ -186,8 +201,13 @@ class TrainingContext:
         self.tracker.log_params(params)
 
     def callbacks(self, prefix: str = "") -> list[Any]:
-        """tf_keras callbacks for ``fit``: every epoch's metrics go to MLflow (chief only)."""
-        return [_epoch_logger(self.tracker, prefix)]
+        """
+        tf_keras callbacks for ``fit``: every epoch's metrics go to MLflow (chief only).
+
+        In a tuning trial they also report the tuned metric after every epoch, which is what lets
+        the pruner stop an unpromising trial early.
+        """
+        return [_epoch_logger(self.tracker, prefix, self.epoch_hooks)]
 
     def load_warm_start(self, model: Any) -> bool:
         """

@@ -244,6 +244,27 @@ def test_interrupt_kills_the_process_group(tmp_path: Path, user_steps: dict[str,
     assert _wait_gone(pids) == []
 
 
+def test_a_step_stops_when_the_process_that_started_it_is_killed(
+    tmp_path: Path, user_steps: dict[str, str]
+) -> None:
+    """SIGKILL leaves the runner no chance to clean up: the step notices its parent is gone and stops."""
+    pid_file = tmp_path / "pids"
+    spec = {"grandchild": ["sleep", "300"], "pid_file": str(pid_file)}
+    parent = subprocess.Popen(
+        [sys.executable, "-c", (
+            "import sys; from airflow_ml_provider.runners import PythonRunner; "
+            f"PythonRunner(env={user_steps!r}).run('runner_user_steps:spawn_and_sleep', {spec!r})"
+        )],
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pids = [int(pid) for pid in pid_file.read_text().split()]
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert _wait_gone(pids, within=5.0) == []  # the step and its grandchild
+
+
 @pytest.mark.parametrize("caller", ["thread", "signal-handler"])
 def test_kill_stops_the_step(caller: str) -> None:
     """kill() from another thread, or from a signal handler in this thread as Airflow's on_kill."""
