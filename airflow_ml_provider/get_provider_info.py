@@ -10,6 +10,7 @@ from typing import Any
 INTEGRATION = "MLflow"
 DATASETS = "Dataset versions"
 TRAINING = "TensorFlow distributed training"
+TUNING = "Optuna hyperparameter tuning"
 DOCS_URL = "https://github.com/airflow-ml-provider/airflow-ml-provider"
 
 
@@ -41,11 +42,17 @@ def get_provider_info() -> dict[str, Any]:
                 "external-doc-url": "https://www.tensorflow.org/guide/distributed_training",
                 "tags": ["software"],
             },
+            {
+                "integration-name": TUNING,
+                "external-doc-url": "https://optuna.readthedocs.io/",
+                "tags": ["software"],
+            },
         ],
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.hooks.datasets"]},
             {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.hooks.kubernetes"]},
+            {"integration-name": TUNING, "python-modules": ["airflow_ml_provider.hooks.tuning_storage"]},
         ],
         "sensors": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.sensors.dataset"]},
@@ -69,6 +76,7 @@ def get_provider_info() -> dict[str, Any]:
                 ],
             },
             {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.operators.training"]},
+            {"integration-name": TUNING, "python-modules": ["airflow_ml_provider.operators.tuning"]},
         ],
         "connection-types": [
             {
@@ -113,5 +121,11 @@ def get_provider_info() -> dict[str, Any]:
                 },
             },
         ],
-        "extra-links": ["airflow_ml_provider.links.mlflow.MlflowRunLink"],
+        "extra-links": [
+            "airflow_ml_provider.links.mlflow.MlflowRunLink",
+            "airflow_ml_provider.links.mlflow.MlflowExperimentLink",
+            "airflow_ml_provider.links.mlflow.ValidationReportLink",
+            "airflow_ml_provider.links.mlflow.EvaluationReportLink",
+            "airflow_ml_provider.links.mlflow.RegisteredModelVersionLink",
+        ],
     }

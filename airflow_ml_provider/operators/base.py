@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow.sdk import BaseOperator
 
-from airflow_ml_provider.links.mlflow import MlflowRunLink
+from airflow_ml_provider.links.mlflow import MlflowExperimentLink, MlflowRunLink
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -30,7 +30,7 @@ class MLflowTrackedOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("mlflow_experiment", "mlflow_tags")
-    operator_extra_links = (MlflowRunLink(),)
+    operator_extra_links: tuple[Any, ...] = (MlflowRunLink(), MlflowExperimentLink())
     ui_color = "#d9ecf2"
 
     def __init__(

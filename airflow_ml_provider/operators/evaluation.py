@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.links.mlflow import EvaluationReportLink
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -75,6 +76,7 @@ class ModelEvaluationOperator(MLStepOperator):
     )
     template_fields_renderers = {"eval_config": "json"}
     ui_color = "#e6dff2"
+    operator_extra_links = (*MLflowTrackedOperator.operator_extra_links, EvaluationReportLink())
 
     def __init__(
         self,

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.links.mlflow import RegisteredModelVersionLink
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 
 if TYPE_CHECKING:
@@ -55,6 +56,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
     )
     template_fields_renderers = {"evaluation": "json", "infra_validation": "json"}
     ui_color = "#f6e7c8"
+    operator_extra_links = (*MLflowTrackedOperator.operator_extra_links, RegisteredModelVersionLink())
 
     def __init__(
         self,

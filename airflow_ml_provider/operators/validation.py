@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.links.mlflow import ValidationReportLink
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -64,6 +65,7 @@ class DataValidationOperator(MLStepOperator):
     )
     template_fields_renderers = {"drift": "json", "skew": "json"}
     ui_color = "#e8f4d9"
+    operator_extra_links = (*MLflowTrackedOperator.operator_extra_links, ValidationReportLink())
 
     def __init__(
         self,

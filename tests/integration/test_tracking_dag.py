@@ -52,6 +52,7 @@ def test_one_parent_run_per_dag_run_and_one_nested_run_per_task(airflow_db, mlfl
     expected = f"{mlflow_conn.url}/#/experiments/{a_run.info.experiment_id}/runs/{a_run.info.run_id}"
     assert xcom["mlflow_run_url"] == expected
     assert xcom["_link_MlflowRunLink"] == expected  # what the "MLflow run" extra link opens
+    assert xcom["_link_MlflowExperimentLink"] == f"{mlflow_conn.url}/#/experiments/{a_run.info.experiment_id}"
     assert xcom["return_value"] == {"payload": 1, "mlflow": {"metrics": {"m": 0.5}}}
     # Templated spec rendered from upstream XCom.
     assert _xcom(dag_id, dag_run.run_id, "b")["return_value"] == {"payload": "1"}
