@@ -145,8 +145,17 @@ def plain_main(data: Path, epochs: int, out: Path) -> None:
     import pandas as pd
     import tensorflow as tf
     import tf_keras
+    from tensorflow.python.autograph.core import config as autograph_config
 
     from airflow_ml_provider.ml.training import demo
+
+    # The same AutoGraph rule the step applies (ml/training/step.py, import_tensorflow): without it
+    # the first fit spends ~20 s converting tf_keras, and the baseline would measure that, not the
+    # operator's overhead.
+    autograph_config.CONVERSION_RULES = (
+        autograph_config.DoNotConvert("tf_keras"),
+        *autograph_config.CONVERSION_RULES,
+    )
 
     imported = time.perf_counter()
     if demo.HOLDOUT_FRACTION != HOLDOUT_FRACTION:

@@ -1,13 +1,24 @@
-"""The demo: a real Airflow DAG run whose every task is recorded in a local MLflow.
+"""The demo: the continuous-training loop on a real Airflow and a real MLflow, on this machine.
 
-Run it with ``make demo``. It keeps all state under ``.demo/`` in the repository:
+Run it with ``make demo`` (or ``make demo-serve`` to keep both UIs open afterwards). It starts:
 
-- an Airflow home with a SQLite metadata DB (``.demo/airflow``),
-- an ``mlflow server`` with a SQLite store and local artifacts (``.demo/mlflow``),
-- the generated dataset versions (``.demo/data``).
+- an ``mlflow server``: SQLite store and local artifacts in ``.demo/mlflow``;
+- an embedded Airflow 3: the api-server, scheduler, dag-processor and triggerer, each its own
+  process (what ``airflow standalone`` runs), on SQLite in ``.demo/airflow``, LocalExecutor, with
+  the example DAGs of ``dags_examples/`` loaded (paused, except the two the demo uses).
 
-Then it runs ``airflow dags test example_ml_tracking`` (the real Airflow CLI), prints the MLflow
-runs it produced and where to open them, and exits; ``--serve`` keeps the MLflow UI running.
+Then it lands three versions of the churn dataset in ``.demo/landing`` and lets Airflow react:
+the asset watcher of ``continuous_training`` starts a DAG run for each, within seconds.
+
+- v1 bootstraps: the schema is inferred from it and its model becomes the first ``champion``;
+- v2 (six times the rows) is validated, trained, evaluated against v1's champion, blessed and
+  promoted; ``deploy_champion`` runs on each promotion;
+- v3 renders ``income`` as text (a schema break): validation stops the run, nothing is trained.
+
+It prints each task's progress, then a summary table, the Airflow and MLflow addresses and the
+Airflow login, and stops everything (``--serve``: keeps serving until Ctrl-C). It exits non-zero
+if the story does not come out as above. Every component's log is in ``.demo/logs``. A new run
+starts from an empty ``.demo``.
 """
 
 from __future__ import annotations
@@ -16,23 +27,62 @@ import argparse
 import contextlib
 import json
 import os
-import re
+import secrets
+import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import requests
 
 ROOT = Path(__file__).resolve().parent.parent
 STATE = ROOT / ".demo"
+LOGS = STATE / "logs"
 BIN = Path(sys.executable).parent
-DAG_ID = "example_ml_tracking"
+DAG_ID = "continuous_training"
+DEPLOY_DAG_ID = "deploy_champion"
+WATCHER = "churn_training_data_versions"
+EXPERIMENT = "continuous_training"
+MODEL_NAME = "churn"
+USER = "admin"
+COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
+PIPELINE = ("validate", "train", "evaluate", "infra_validate", "promote")
+RUN_TIMEOUT = 420.0  # one DAG run, landing to end; a full run takes about 2-3 minutes here
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Landing:
+    version: int
+    spec: dict[str, Any]  # generate_dataset knobs for this version
+    story: str
+    expect_promoted: bool
+
+
+SCENARIO = (
+    Landing(1, {"rows": 1000}, "first data: bootstraps the schema and the first champion", True),
+    Landing(2, {"rows": 6000}, "six times the rows: a better model", True),
+    Landing(3, {"rows": 6000, "type_change": "income"}, "a schema break: income arrives as text", False),
+)
+
+
+class DemoError(RuntimeError):
+    """The demo could not go on; the message says what failed and which log to read."""
+
+
+STARTED = time.monotonic()
 
 
 def say(message: str) -> None:
-    print(f"[demo] {message}", flush=True)
+    print(f"[demo {time.monotonic() - STARTED:5.0f}s] {message}", flush=True)
 
 
 def free_port(preferred: int) -> int:
@@ -45,160 +95,449 @@ def free_port(preferred: int) -> int:
             return int(sock.getsockname()[1])
 
 
-def airflow_env(mlflow_url: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW__", "MLFLOW_"))}
-    home = STATE / "airflow"
-    env.update(
-        AIRFLOW_HOME=str(home),
-        AIRFLOW__CORE__DAGS_FOLDER=str(ROOT / "dags_examples"),
-        AIRFLOW__CORE__LOAD_EXAMPLES="False",
-        AIRFLOW__DATABASE__SQL_ALCHEMY_CONN=f"sqlite:///{home / 'airflow.db'}",
-        AIRFLOW_CONN_MLFLOW_DEFAULT=json.dumps({"conn_type": "mlflow", "host": mlflow_url}),
-    )
-    return env
+def wait_for(predicate: Callable[[], T | None], timeout: float, what: str, check: Callable[[], None]) -> T:
+    """Poll ``predicate`` until it returns something truthy; ``check`` raises if a process died."""
+    deadline = time.monotonic() + timeout
+    while True:
+        check()
+        result = predicate()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise DemoError(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(0.5)
 
 
-def start_mlflow(port: int) -> subprocess.Popen[bytes]:
+# -- processes ------------------------------------------------------------------------------
+
+
+@dataclass
+class Processes:
+    """Long-running child processes, each in its own process group with its log in .demo/logs."""
+
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def start(self, name: str, cmd: list[str], env: dict[str, str]) -> None:
+        with (LOGS / f"{name}.log").open("ab") as log:
+            self.procs[name] = subprocess.Popen(
+                cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=STATE, start_new_session=True
+            )
+
+    def check(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise DemoError(f"{name} exited (code {proc.returncode}):\n{tail(name)}")
+
+    def stop(self, grace: float = 20) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)  # a second Ctrl-C must not leave the servers running
+        for proc in self.procs.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace
+        for proc in self.procs.values():
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)  # what is left of the group (task runners)
+            proc.wait()
+
+
+def tail(name: str, lines: int = 25) -> str:
+    path = LOGS / f"{name}.log"
+    text = path.read_text(errors="replace").splitlines()[-lines:] if path.exists() else []
+    return "\n".join(f"    {line}" for line in text) + f"\n    (full log: {path})"
+
+
+def mlflow_command(port: int) -> list[str]:
     store = STATE / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
-    log = (store / "server.log").open("ab")
-    cmd = [
-        str(BIN / "mlflow"),
-        "server",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-        "--backend-store-uri",
-        f"sqlite:///{store / 'mlflow.db'}",
-        "--artifacts-destination",
-        str(store / "artifacts"),
+    return [
+        *(str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"),
+        *("--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}"),
+        *("--artifacts-destination", str(store / "artifacts")),
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
 
 
-def wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float = 180) -> None:
-    import requests
+def airflow_env(api_url: str, mlflow_url: str) -> dict[str, str]:
+    """One environment for every Airflow process: SQLite, LocalExecutor, the examples, the demo's MLflow."""
+    from cryptography.fernet import Fernet
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"mlflow server exited; see {STATE / 'mlflow' / 'server.log'}")
+    home = STATE / "airflow"
+    secret = secrets.token_hex(32)
+    env = {k: v for k, v in os.environ.items() if not k.lstrip("_").startswith(("AIRFLOW", "MLFLOW_"))}
+    return {
+        **env,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__CORE__DAGS_FOLDER": str(ROOT / "dags_examples"),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
+        "AIRFLOW__CORE__PARALLELISM": "4",
+        "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "True",
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{api_url}/execution/",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{USER}:admin",
+        "AIRFLOW__API__BASE_URL": api_url,
+        "AIRFLOW__API__WORKERS": "1",
+        "AIRFLOW__API_AUTH__JWT_SECRET": secret,
+        "AIRFLOW__API__SECRET_KEY": secret,
+        "AIRFLOW__SCHEDULER__SCHEDULER_HEARTBEAT_SEC": "2",
+        "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+        "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": "10",
+        "AIRFLOW__DAG_PROCESSOR__PARSING_PROCESSES": "1",
+        "AIRFLOW__DAG_PROCESSOR__DAG_BUNDLE_STORAGE_PATH": str(STATE / "bundles"),
+        "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port(8793)),
+        "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port(8794)),
+        "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": mlflow_url}),
+        # Read by dags_examples/continuous_training.py when it is parsed.
+        "AIRFLOW_ML_EXAMPLE_LANDING": str(STATE / "landing"),
+        "AIRFLOW_ML_EXAMPLE_STATE": str(STATE / "pipeline"),
+    }
+
+
+def login_password() -> str:
+    """Write the simple auth manager's password file before the api-server starts (it keeps it)."""
+    password = secrets.token_urlsafe(9)
+    home = STATE / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "simple_auth_manager_passwords.json.generated").write_text(json.dumps({USER: password}) + "\n")
+    return password
+
+
+def migrate(env: dict[str, str]) -> None:
+    with (LOGS / "db-migrate.log").open("w") as log:
+        result = subprocess.run(
+            [str(BIN / "airflow"), "db", "migrate"], env=env, cwd=STATE, stdout=log, stderr=subprocess.STDOUT
+        )
+    if result.returncode != 0:
+        raise DemoError(f"airflow db migrate failed:\n{tail('db-migrate')}")
+
+
+# -- Airflow's REST API and database -----------------------------------------------------------
+
+
+class Airflow:
+    def __init__(self, url: str, password: str) -> None:
+        self.url, self.password = url, password
+        self.session = requests.Session()
+
+    def healthy(self) -> bool:
         with contextlib.suppress(requests.RequestException):
-            if requests.get(f"{url}/health", timeout=2).ok:
-                return
-        time.sleep(0.5)
-    raise SystemExit(f"mlflow server did not answer at {url} within {timeout:.0f}s")
+            return all(
+                requests.get(f"{self.url}{path}", timeout=30).status_code == 200
+                for path in ("/api/v2/monitor/health", "/execution/health")
+            )
+        return False
+
+    def login(self) -> None:
+        response = requests.post(
+            f"{self.url}/auth/token", json={"username": USER, "password": self.password}, timeout=30
+        )
+        if response.status_code != 201:
+            raise DemoError(f"Airflow login as {USER!r} failed: {response.status_code} {response.text[:300]}")
+        self.session.headers["Authorization"] = f"Bearer {response.json()['access_token']}"
+
+    def get(self, path: str, **params: Any) -> Any:
+        response = self.session.get(f"{self.url}/api/v2{path}", params=params, timeout=30)
+        if response.status_code == 404:
+            return None
+        response.raise_for_status()
+        return response.json()
+
+    def unpause(self, dag_id: str) -> None:
+        response = self.session.patch(
+            f"{self.url}/api/v2/dags/{dag_id}", json={"is_paused": False}, timeout=30
+        )
+        response.raise_for_status()
+
+    def dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
+        body = self.get(f"/dags/{dag_id}/dagRuns", order_by="run_after", limit=100)
+        return list(body["dag_runs"]) if body else []
+
+    def task_states(self, dag_id: str, run_id: str) -> dict[str, str]:
+        body = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/taskInstances")
+        return {ti["task_id"]: ti["state"] or "none" for ti in (body or {}).get("task_instances", [])}
+
+    def consumed_versions(self, dag_id: str, run_id: str) -> list[str]:
+        body = self.get(f"/dags/{dag_id}/dagRuns/{run_id}/upstreamAssetEvents") or {}
+        payloads = [(e.get("extra") or {}).get("payload") or {} for e in body.get("asset_events", [])]
+        return [str(p["version"]) for p in payloads if "version" in p]
 
 
-PROGRESS = (
-    (
-        re.compile(r"\[DAG TEST\] running task <TaskInstance: [\w.-]+?\.([\w.-]+) \S+(?: map_index=(\d+))?"),
-        "running {0}{1}",
-    ),
-    (re.compile(r"MLflow run (\w+) \((new|resumed)\) of task (\S+?),"), "  {2}: MLflow run {0} ({1})"),
-)
+def watcher_running(name: str) -> bool:
+    """The watcher's trigger is assigned to a triggerer (read from the embedded SQLite DB)."""
+    db = STATE / "airflow" / "airflow.db"
+    with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=10)) as conn:
+        try:
+            row = conn.execute(
+                "SELECT t.triggerer_id FROM asset_watcher w JOIN trigger t ON t.id = w.trigger_id"
+                " WHERE w.name = ?",
+                (name,),
+            ).fetchone()
+        except sqlite3.OperationalError:  # locked, or not migrated yet: ask again
+            return False
+    return row is not None and row[0] is not None
 
 
-def progress(line: str) -> str | None:
-    for pattern, template in PROGRESS:
-        match = pattern.search(line)
-        if match:
-            groups = [g or "" for g in match.groups()]
-            if template.startswith("running") and groups[1]:
-                groups[1] = f"[{groups[1]}]"
-            return template.format(*groups)
+# -- the story ------------------------------------------------------------------------------
+
+
+def land(landing: Landing) -> str:
+    from airflow_ml_provider.ml.datagen import generate_dataset
+
+    root = STATE / "landing" / "churn_training_data"
+    written = generate_dataset({"root": str(root), "versions": [landing.version], **landing.spec})
+    return str(written["versions"][0]["version"])
+
+
+def follow_run(airflow: Airflow, known: set[str], label: str, check: Callable[[], None]) -> dict[str, Any]:
+    """Wait for the DAG run the landing starts, print its tasks' progress, return it once finished."""
+
+    def new_run() -> dict[str, Any] | None:
+        return next((r for r in airflow.dag_runs(DAG_ID) if r["dag_run_id"] not in known), None)
+
+    run = wait_for(new_run, 120, f"the asset watcher to start a {DAG_ID} run for {label}", check)
+    run_id = run["dag_run_id"]
+    say(f"{label}: DAG run {run_id} started by the asset event")
+    seen: dict[str, str] = {}
+    last_news = time.monotonic()
+    deadline = time.monotonic() + RUN_TIMEOUT
+    while True:
+        check()
+        states = airflow.task_states(DAG_ID, run_id)
+        for task in PIPELINE:
+            state = states.get(task, "none")
+            if state not in ("none", "scheduled", "queued") and seen.get(task) != state:
+                say(f"{label}:   {task:<15} {state}")
+                seen[task] = state
+                last_news = time.monotonic()
+        run = next(r for r in airflow.dag_runs(DAG_ID) if r["dag_run_id"] == run_id)
+        if run["state"] in ("success", "failed"):
+            say(f"{label}: DAG run {run['state']}")
+            return run
+        if time.monotonic() - last_news > 30:
+            running = [t for t, s in states.items() if s == "running"] or ["(scheduling)"]
+            say(f"{label}:   ... still {', '.join(running)}")
+            last_news = time.monotonic()
+        if time.monotonic() > deadline:
+            raise DemoError(f"{label}: DAG run {run_id} not finished after {RUN_TIMEOUT:.0f} s")
+        time.sleep(2)
+
+
+def task_run(client: Any, experiment_id: str, run_id: str, task_id: str) -> Any:
+    runs = client.search_runs(
+        [experiment_id], f"tags.`airflow.run_id` = '{run_id}' and tags.`airflow.task_id` = '{task_id}'"
+    )
+    return runs[0] if runs else None
+
+
+def read_json_artifact(client: Any, run: Any, path: str) -> Any:
+    with contextlib.suppress(Exception):
+        return json.loads(
+            Path(client.download_artifacts(run.info.run_id, path, str(STATE / "tmp"))).read_text()
+        )
     return None
 
 
-def run(cmd: list[str], env: dict[str, str], log_name: str, show: bool = False) -> None:
-    """Run a command; keep its full output in .demo/, show the lines that tell progress."""
-    log_path = STATE / log_name
-    started = time.monotonic()
-    with (
-        log_path.open("w") as log,
-        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc,
-    ):
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            log.write(line)
-            message = progress(line) if show else None
-            if message:
-                say(f"  {time.monotonic() - started:5.1f}s  {message}")
-    if proc.returncode != 0:
-        raise SystemExit(f"{' '.join(cmd[:3])} failed (exit {proc.returncode}); full log: {log_path}")
+def describe_validation(client: Any, experiment_id: str, run_id: str, state: str) -> str:
+    run = task_run(client, experiment_id, run_id, "validate")
+    if state == "success":
+        return "passed"
+    anomalies = (read_json_artifact(client, run, "validation/anomalies.json") or {}).get("anomalyInfo", {})
+    if anomalies:
+        first, info = next(iter(sorted(anomalies.items())))
+        return f"stopped: {len(anomalies)} anomal{'y' if len(anomalies) == 1 else 'ies'} ({first}: {info.get('shortDescription', '?')})"
+    return state
 
 
-def report(mlflow_url: str) -> list[dict[str, Any]]:
+def describe_blessing(client: Any, experiment_id: str, run_id: str, state: str) -> str:
+    if state not in ("success", "skipped"):
+        return state
+    run = task_run(client, experiment_id, run_id, "evaluate")
+    record = read_json_artifact(client, run, "evaluation/record.json") if run else None
+    if not record:
+        return "not evaluated"
+    verdict = "blessed" if record["blessed"] else "not blessed"
+    auc = (record.get("metrics") or {}).get("auc")
+    if not isinstance(auc, float):
+        return verdict
+    baseline = record.get("baseline")
+    if not baseline:
+        return f"{verdict}: AUC {auc:.3f} (first model)"
+    champion_auc = (record.get("baseline_metrics") or {}).get("auc")
+    than = f" vs {champion_auc:.3f}" if isinstance(champion_auc, float) else ""
+    return f"{verdict}: AUC {auc:.3f}{than} of champion v{baseline['version']}"
+
+
+def champion(client: Any) -> str:
+    with contextlib.suppress(Exception):
+        return f"v{client.get_registered_model(MODEL_NAME).aliases['champion']}"
+    return "none"
+
+
+def print_table(rows: list[dict[str, str]]) -> None:
+    columns = ("version", "DAG run", "validation", "blessing", "champion after")
+    widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
+    print()
+    print("  ".join(c.ljust(widths[c]) for c in columns))
+    print("  ".join("-" * widths[c] for c in columns))
+    for row in rows:
+        print("  ".join(row[c].ljust(widths[c]) for c in columns))
+    print()
+
+
+def check_story(rows: list[dict[str, str]]) -> list[str]:
+    """What did not come out as SCENARIO says (empty when the demo told its story)."""
+    problems = []
+    expected = "none"
+    for landing, row in zip(SCENARIO, rows, strict=True):
+        if landing.expect_promoted:
+            expected = f"v{landing.version}"
+        if row["champion after"] != expected:
+            problems.append(
+                f"v{landing.version}: champion after is {row['champion after']}, expected {expected}"
+            )
+        if not landing.expect_promoted and not row["validation"].startswith("stopped"):
+            problems.append(
+                f"v{landing.version}: validation {row['validation']!r}, expected it to stop the run"
+            )
+    return problems
+
+
+def run_story(airflow: Airflow, mlflow_url: str, check: Callable[[], None]) -> list[dict[str, str]]:
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=mlflow_url)
-    experiment = client.get_experiment_by_name(DAG_ID)
-    if experiment is None:
-        raise SystemExit(f"no MLflow experiment {DAG_ID!r}: the DAG logged nothing")
-    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"])
-    parent = next(r for r in runs if r.data.tags.get("airflow.role") == "dag_run")
-    rows = [parent] + [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
-    print()
-    print(f"{'MLflow run':<40} {'status':<9} {'try':<4} metrics")
-    for r in sorted(rows, key=lambda r: (r is not parent, r.info.start_time)):
-        name = r.info.run_name if r is parent else f"  {r.info.run_name}"
-        metrics = ", ".join(
-            f"{k}={v:.3g}" for k, v in sorted(r.data.metrics.items()) if not k.startswith("airflow.")
+    rows = []
+    known = {r["dag_run_id"] for r in airflow.dag_runs(DAG_ID)}
+    for landing in SCENARIO:
+        label = f"v{landing.version}"
+        version = land(landing)
+        say(f"{label}: landed version={version} ({landing.story})")
+        run = follow_run(airflow, known, label, check)
+        known.add(run["dag_run_id"])
+        states = airflow.task_states(DAG_ID, run["dag_run_id"])
+        experiment = client.get_experiment_by_name(EXPERIMENT)
+        experiment_id = experiment.experiment_id if experiment else "0"
+        consumed = airflow.consumed_versions(DAG_ID, run["dag_run_id"])
+        rows.append(
+            {
+                "version": f"{label} ({'/'.join(consumed) or version})",
+                "DAG run": f"{run['dag_run_id']} ({run['state']})",
+                "validation": describe_validation(
+                    client, experiment_id, run["dag_run_id"], states.get("validate", "none")
+                ),
+                "blessing": describe_blessing(
+                    client, experiment_id, run["dag_run_id"], states.get("evaluate", "none")
+                ),
+                "champion after": champion(client),
+            }
         )
-        print(
-            f"{name[:40]:<40} {r.info.status:<9} {r.data.tags.get('airflow.try_number', ''):<4} {metrics[:90]}"
-        )
-    print()
-    url = f"{mlflow_url}/#/experiments/{experiment.experiment_id}/runs/{parent.info.run_id}"
-    say(f"MLflow UI: {url}")
-    return [r.to_dictionary() for r in rows]
+    return rows
+
+
+def wait_deployments(airflow: Airflow, promotions: int, check: Callable[[], None]) -> list[dict[str, Any]]:
+    def done() -> list[dict[str, Any]] | None:
+        runs = airflow.dag_runs(DEPLOY_DAG_ID)
+        finished = [r for r in runs if r["state"] in ("success", "failed")]
+        return finished if len(finished) >= promotions and len(finished) == len(runs) else None
+
+    return wait_for(done, 120, f"{DEPLOY_DAG_ID} to run once per promotion", check)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+# -- main -----------------------------------------------------------------------------------
 
 
 def main() -> int:
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # this process's downloads
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--serve", action="store_true", help="keep the MLflow UI running until Ctrl-C")
-    parser.add_argument("--port", type=int, default=5000, help="MLflow port (default 5000, or a free one)")
+    parser.add_argument("--serve", action="store_true", help="keep Airflow and MLflow running until Ctrl-C")
+    parser.add_argument("--airflow-port", type=int, default=8080, help="default 8080, or a free port")
+    parser.add_argument("--mlflow-port", type=int, default=5000, help="default 5000, or a free port")
     args = parser.parse_args()
 
-    STATE.mkdir(exist_ok=True)
-    port = free_port(args.port)
-    mlflow_url = f"http://127.0.0.1:{port}"
-    env = airflow_env(mlflow_url)
-    say(f"state in {STATE}")
-    say("starting mlflow server (SQLite store) ...")
-    server = start_mlflow(port)
+    if STATE.exists():
+        say(f"removing the previous demo's state in {STATE}")
+        shutil.rmtree(STATE)
+    LOGS.mkdir(parents=True)
+    api_url = f"http://127.0.0.1:{free_port(args.airflow_port)}"
+    mlflow_url = f"http://127.0.0.1:{free_port(args.mlflow_port)}"
+    env = airflow_env(api_url, mlflow_url)
+    password = login_password()
+    procs = Processes()
+    signal.signal(signal.SIGTERM, _interrupt)  # stop everything as Ctrl-C does
     try:
+        say("starting mlflow server (SQLite store, local artifacts) ...")
+        mlflow_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        procs.start("mlflow", mlflow_command(int(mlflow_url.rsplit(":", 1)[1])), mlflow_env)
         say("migrating the Airflow metadata DB (SQLite) ...")
-        run([str(BIN / "airflow"), "db", "migrate"], env, "airflow-db-migrate.log")
-        wait_healthy(server, mlflow_url)
-        say(f"mlflow server up at {mlflow_url}")
-        say(f"running DAG {DAG_ID} with the real Airflow CLI (airflow dags test) ...")
-        conf = json.dumps({"data_root": str(STATE / "data"), "versions": 2, "rows": 2000})
-        run(
-            [str(BIN / "airflow"), "dags", "test", DAG_ID, "-c", conf],
+        migrate(env)
+        port = api_url.rsplit(":", 1)[1]
+        procs.start(
+            "api-server",
+            [str(BIN / "airflow"), "api-server", "--host", "127.0.0.1", "--port", port, "--workers", "1"],
             env,
-            "dag-test.log",
-            show=True,
         )
-        report(mlflow_url)
-        say(f"Airflow log of the run: {STATE / 'dag-test.log'}")
+        for name in COMPONENTS[1:]:
+            procs.start(name, [str(BIN / "airflow"), name], env)
+        say(f"starting Airflow ({', '.join(COMPONENTS)}) ...")
+        airflow = Airflow(api_url, password)
+
+        def mlflow_up() -> bool:
+            with contextlib.suppress(requests.RequestException):
+                return requests.get(f"{mlflow_url}/health", timeout=5).ok
+            return False
+
+        wait_for(lambda: airflow.healthy() and mlflow_up(), 240, "Airflow and MLflow to answer", procs.check)
+        airflow.login()
+        say(f"Airflow up at {api_url}, MLflow up at {mlflow_url}")
+        for dag_id in (DAG_ID, DEPLOY_DAG_ID):
+            path = f"/dags/{dag_id}"
+            wait_for(partial(airflow.get, path), 180, f"DAG {dag_id} to be parsed", procs.check)
+            airflow.unpause(dag_id)
+        say(
+            f"unpaused {DAG_ID} and {DEPLOY_DAG_ID}; waiting for the asset watcher to run in the triggerer ..."
+        )
+        wait_for(lambda: watcher_running(WATCHER), 180, f"asset watcher {WATCHER}", procs.check)
+        rows = run_story(airflow, mlflow_url, procs.check)
+        deployments = wait_deployments(airflow, sum(1 for s in SCENARIO if s.expect_promoted), procs.check)
+        print_table(rows)
+        say(f"{DEPLOY_DAG_ID} runs (one per promotion): {', '.join(r['state'] for r in deployments)}")
+        say(f"Airflow UI: {api_url}/dags/{DAG_ID}  (login: {USER} / {password})")
+        experiment = requests.get(
+            f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
+            params={"experiment_name": EXPERIMENT},
+            timeout=10,
+        ).json()["experiment"]["experiment_id"]
+        say(
+            f"MLflow UI:  {mlflow_url}/#/experiments/{experiment}  (models: {mlflow_url}/#/models/{MODEL_NAME})"
+        )
+        say(f"logs: {LOGS}")
+        problems = check_story(rows)
+        for problem in problems:
+            say(f"UNEXPECTED: {problem}")
         if args.serve:
-            say("serving the MLflow UI; Ctrl-C to stop")
-            with contextlib.suppress(KeyboardInterrupt):
-                server.wait()
-        else:
-            say("done (run `make demo-serve` to keep the MLflow UI open)")
+            say("serving Airflow and MLflow; Ctrl-C to stop")
+            while True:
+                procs.check()
+                time.sleep(2)
+        return 1 if problems else 0
+    except KeyboardInterrupt:
+        say("stopping")
+        return 0
+    except (DemoError, requests.RequestException) as err:
+        say(f"FAILED: {err}")
+        return 1
     finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
-    return 0
+        procs.stop()
+        say("stopped Airflow and MLflow")
 
 
 if __name__ == "__main__":

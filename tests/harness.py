@@ -118,6 +118,9 @@ class MlflowServer:
             str(self.artifacts),
         ]
         env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+        # No GenAI job runner: it starts several more processes that import MLflow (about 20 s of
+        # CPU per server here) for work these tests never ask for.
+        env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
         if self.basic_auth_admin_password:
             ini = self.workdir / "basic_auth.ini"
             ini.write_text(

@@ -24,6 +24,11 @@ def test_example_dags_import_cleanly():
         "example_distributed_training",
         "example_distributed_training_kubernetes",
         "example_model_blessing",
+        "example_hyperparameter_tuning",
+        "continuous_training",
+        "continuous_training_scheduled",
+        "continuous_training_kubernetes",
+        "deploy_champion",
     } <= set(bag.dags)
 
 

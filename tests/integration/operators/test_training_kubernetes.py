@@ -26,6 +26,9 @@ pytestmark = pytest.mark.integration
 
 NS = "ml"
 DAG_ID = "training_on_kubernetes"
+# How long the pod simulators wait for the operator's Job: the DAG run may be slow to get there
+# while other test processes load the machine.
+SIMULATOR_PATIENCE = 300
 
 
 @pytest.fixture
@@ -45,7 +48,7 @@ def _simulate(kube: FakeKubernetes, name: str, act: Callable[[dict[str, Any]], N
     """Wait for the gang's Job, then ``act(spec)`` as its pods would."""
 
     def body() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SIMULATOR_PATIENCE
         while time.monotonic() < deadline:
             job = kube.jobs.get((NS, name))
             if job is not None:
@@ -76,7 +79,7 @@ def _succeed_new_gang(
     """In the background: once the gang's Job is a new one, play its pods to success."""
 
     def body() -> None:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + SIMULATOR_PATIENCE
         while time.monotonic() < deadline:
             job = kube.jobs.get((NS, name))
             if job is not None and is_new(job):
@@ -201,8 +204,14 @@ def test_a_retry_reattaches_to_the_running_gang_instead_of_starting_another(
     job = kube.jobs[(NS, name)]
     spec = json.loads(job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION])
 
+    reads_before = len(kube.recorded("GET", "pods"))
+
     def complete_later() -> None:
-        time.sleep(2)
+        # Complete only once the task has read the gang's pods twice (the stale-gang check, then its
+        # wait): the task must find this gang running, however slow the DAG run is to get there.
+        deadline = time.monotonic() + SIMULATOR_PATIENCE
+        while len(kube.recorded("GET", "pods")) < reads_before + 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         _log_chief_result(mlflow_client, spec)
         kube.complete(name, NS)
 

@@ -11,17 +11,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 from harness import load_dag, run_dag, task_states, task_xcom
+from pod_player import pod_command, pod_env
 
-from airflow_ml_provider.ml.training.cluster import ENV_WORKER_ADDRESSES, local_cluster
+from airflow_ml_provider.ml.training.cluster import local_cluster
 from airflow_ml_provider.runners.kubernetes_objects import (
     SPEC_ANNOTATION,
-    SPEC_DIR,
     SPEC_FILE,
     GangPodSettings,
     indexed_job,
@@ -204,16 +203,11 @@ def test_pod_entrypoint_trains_as_a_gang_warm_started_and_only_the_chief_logs(
     container = template["spec"]["containers"][0]
     spec_file = tmp_path / SPEC_FILE
     spec_file.write_text(template["metadata"]["annotations"][SPEC_ANNOTATION])
-    command = [sys.executable if part == "python" else part for part in container["command"]]
-    command = [str(spec_file) if part == f"{SPEC_DIR}/{SPEC_FILE}" else part for part in command]
     addresses = ",".join(local_cluster(2))
     procs = []
     for index in range(2):
-        env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
-        env.update({"JOB_COMPLETION_INDEX": str(index), ENV_WORKER_ADDRESSES: addresses})
-        env.pop("TF_CONFIG", None)
         result = tmp_path / f"result-{index}.json"
-        cmd = [str(result) if part == "/tmp/result.json" else part for part in command]
+        cmd, env = pod_command(container, spec_file, result), pod_env(container, index, addresses)
         procs.append(
             (
                 result,

@@ -1,0 +1,55 @@
+"""scripts/demo.py's own judgement of the story it tells (the demo exits non-zero when it fails)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+pytestmark = pytest.mark.unit
+
+SCRIPT = Path(__file__).parents[2] / "scripts" / "demo.py"
+
+
+@pytest.fixture(scope="module")
+def demo() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("demo_script", SCRIPT)
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["demo_script"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(validation: str, champion: str) -> dict[str, str]:
+    return {
+        "version": "",
+        "DAG run": "",
+        "validation": validation,
+        "blessing": "",
+        "champion after": champion,
+    }
+
+
+def test_the_expected_story_has_no_problems(demo):
+    rows = [_row("passed", "v1"), _row("passed", "v2"), _row("stopped: 1 anomaly (income: ...)", "v2")]
+    assert demo.check_story(rows) == []
+
+
+def test_v2_not_promoted_and_v3_not_stopped_are_reported(demo):
+    rows = [_row("passed", "v1"), _row("passed", "v1"), _row("passed", "v3")]
+    problems = demo.check_story(rows)
+    assert problems == [
+        "v2: champion after is v1, expected v2",
+        "v3: champion after is v3, expected v2",
+        "v3: validation 'passed', expected it to stop the run",
+    ]
+
+
+def test_the_scenario_breaks_the_schema_only_in_its_last_version(demo):
+    assert [landing.version for landing in demo.SCENARIO] == [1, 2, 3]
+    assert [landing.expect_promoted for landing in demo.SCENARIO] == [True, True, False]
+    assert "type_change" in demo.SCENARIO[-1].spec and "type_change" not in demo.SCENARIO[1].spec
