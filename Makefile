@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 VENV := .venv
 SYNC_STAMP := $(VENV)/.synced
 
-.PHONY: setup demo demo-serve test test-fast lint typecheck docs dist bench benchmarks clean
+.PHONY: setup browser demo demo-serve test test-fast lint typecheck docs dist bench benchmarks clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -18,6 +18,15 @@ $(SYNC_STAMP): $(UV) pyproject.toml uv.lock
 	touch $(SYNC_STAMP)
 
 setup: $(SYNC_STAMP)
+
+# The UI test drives Debian's chromium with Playwright (no browser can be downloaded here).
+CHROMIUM := /usr/bin/chromium
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
+$(CHROMIUM):
+	$(SUDO) apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium
+
+browser: $(CHROMIUM)
 
 demo: setup
 	$(VENV)/bin/python scripts/demo.py
@@ -37,11 +46,12 @@ typecheck: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-# The full suite: lint, types, the docs, then every test (unit, integration, slow), in PYTEST_WORKERS
+# The full suite: lint, types, the docs, then every test (unit, integration, slow, and the UI in
+# chromium, which it installs from Debian's packages when missing), in PYTEST_WORKERS
 # processes. --dist loadfile keeps each module in one process, in order, so that a module-scoped
 # fixture (a trained model, a running Airflow cluster) is set up once.
 PYTEST_WORKERS ?= 2
-test: lint typecheck docs
+test: lint typecheck docs browser
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30
 
 # The fast subset: unit tests only (no servers, no Airflow DB), about half a minute.

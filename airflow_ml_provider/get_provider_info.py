@@ -121,6 +121,11 @@ def get_provider_info() -> dict[str, Any]:
                 },
             },
         ],
+        # Also an entry point (pyproject.toml): Airflow loads provider-info plugins only with
+        # [core] lazy_discover_providers = False, entry-point plugins always.
+        "plugins": [
+            {"name": "ml_lineage", "plugin-class": "airflow_ml_provider.plugins.lineage.MLLineagePlugin"},
+        ],
         "extra-links": [
             "airflow_ml_provider.links.mlflow.MlflowRunLink",
             "airflow_ml_provider.links.mlflow.MlflowExperimentLink",

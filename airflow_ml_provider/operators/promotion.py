@@ -104,6 +104,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
         self._check_arguments()
         evaluation: dict[str, Any] = self.evaluation
         run.log_params({"model_name": self.model_name, "alias": self.alias})
+        run.set_tags({"airflow_ml.step": "promote"})  # how the Airflow UI's ML lineage view finds it
         try:
             expected = self._expected_version(evaluation)
             self._require_blessings(evaluation)

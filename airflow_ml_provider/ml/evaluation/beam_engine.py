@@ -198,22 +198,66 @@ def describe_bound(threshold: Any) -> tuple[str, str]:
     :param threshold: the ``MetricThreshold`` proto of a failure.
     """
     if threshold.HasField("change_threshold"):
-        change = threshold.change_threshold
-        direction = DIRECTIONS.get(change.direction, "no direction")
-        op = ">=" if change.direction == 2 else "<="
-        parts = []
-        if change.HasField("absolute"):
-            parts.append(f"candidate - baseline {op} {change.absolute.value:g}")
-        if change.HasField("relative"):
-            parts.append(f"(candidate - baseline) / baseline {op} {change.relative.value:g}")
-        return "change", f"{' and '.join(parts) or 'no bound'} ({direction})"
-    value = threshold.value_threshold
+        return "change", _describe_change(threshold.change_threshold)
+    return "value", _describe_value(threshold.value_threshold)
+
+
+def _describe_change(change: Any) -> str:
+    direction = DIRECTIONS.get(change.direction, "no direction")
+    op = ">=" if change.direction == 2 else "<="
+    parts = []
+    if change.HasField("absolute"):
+        parts.append(f"candidate - baseline {op} {change.absolute.value:g}")
+    if change.HasField("relative"):
+        parts.append(f"(candidate - baseline) / baseline {op} {change.relative.value:g}")
+    return f"{' and '.join(parts) or 'no bound'} ({direction})"
+
+
+def _describe_value(value: Any) -> str:
     parts = []
     if value.HasField("lower_bound"):
         parts.append(f">= {value.lower_bound.value:g}")
     if value.HasField("upper_bound"):
         parts.append(f"<= {value.upper_bound.value:g}")
-    return "value", " and ".join(parts) or "(no bound)"
+    return " and ".join(parts) or "(no bound)"
+
+
+def threshold_table(config: EvalConfig) -> list[dict[str, str]]:
+    """
+    Every threshold the config sets, one row each: ``{"metric", "slice", "kind", "bound"}``.
+
+    ``slice`` is ``"every slice"`` for a threshold of the whole metric, else the slicing spec as a
+    slice name with wildcards (:func:`spec_label`). Read by people (report, Airflow UI), not by TFMA.
+
+    :param config: the prepared ``EvalConfig`` of the run.
+    """
+    from tensorflow_model_analysis.metrics import metric_specs
+
+    baselines = {spec.name for spec in config.model_specs if spec.is_baseline}
+    suffix = asks_both_weightings(config)
+    rows: list[dict[str, str]] = []
+    thresholds = metric_specs.metric_thresholds_from_metrics_specs(config.metrics_specs, eval_config=config)
+    for key, entries in thresholds.items():
+        if key.model_name in baselines:
+            continue
+        for slice_spec, threshold in entries:
+            change = key.is_diff
+            row = {
+                "metric": metric_label(key, unweighted_suffix=suffix),
+                "slice": "every slice" if slice_spec is None else _slice_spec_label(slice_spec),
+                "kind": "change" if change else "value",
+                "bound": _describe_change(threshold) if change else _describe_value(threshold),
+            }
+            if row not in rows:
+                rows.append(row)
+    return sorted(rows, key=lambda r: (r["metric"], r["slice"], r["kind"]))
+
+
+def _slice_spec_label(spec: Any) -> str:
+    if spec.DESCRIPTOR.name == "CrossSlicingSpec":
+        slices = ", ".join(spec_label(s) for s in spec.slicing_specs)
+        return f"{spec_label(spec.baseline_spec)} vs {slices}"
+    return spec_label(spec)
 
 
 def spec_label(spec: Any) -> str:

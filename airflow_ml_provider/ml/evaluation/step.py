@@ -184,7 +184,10 @@ def flatten_metrics(output: EvalOutput) -> dict[str, float]:
     return finite
 
 
-def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, config_text: str) -> list[str]:
+def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, config: Any) -> list[str]:
+    from google.protobuf import text_format
+
+    from airflow_ml_provider.ml.evaluation.beam_engine import threshold_table
     from airflow_ml_provider.ml.evaluation.report import write_report
 
     blessed = output.validation_ok
@@ -200,8 +203,10 @@ def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, c
         json.dump(output.to_dict(), handle, indent=1, default=str)
     with open(os.path.join(staging, "blessing.json"), "w") as handle:
         json.dump(blessing, handle, indent=1, default=str)
+    with open(os.path.join(staging, "thresholds.json"), "w") as handle:
+        json.dump(threshold_table(config), handle, indent=1)
     with open(os.path.join(staging, "eval_config.pbtxt"), "w") as handle:
-        handle.write(config_text)
+        handle.write(text_format.MessageToString(config))
     written = write_report(
         output,
         staging,
@@ -211,13 +216,11 @@ def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, c
         blessed=blessed,
         context={str(k): str(v) for k, v in (settings.get("context") or {}).items()},
     )
-    return ["metrics.json", "blessing.json", "eval_config.pbtxt", *written.values()]
+    return ["metrics.json", "blessing.json", "thresholds.json", "eval_config.pbtxt", *written.values()]
 
 
 def evaluate_model(spec: dict[str, Any]) -> dict[str, Any]:
     """Evaluate the candidate (and baseline) on the dataset version; write the blessing."""
-    from google.protobuf import text_format
-
     from airflow_ml_provider.ml.evaluation.config import parse_eval_config, prepare_eval_config
     from airflow_ml_provider.ml.evaluation.engines import evaluate_frame
 
@@ -250,7 +253,7 @@ def evaluate_model(spec: dict[str, Any]) -> dict[str, Any]:
             beam_pipeline_args=settings.get("beam_pipeline_args"),
             workdir=staging,
         )
-        artifacts = _write_outputs(staging, settings, output, text_format.MessageToString(config))
+        artifacts = _write_outputs(staging, settings, output, config)
         shutil.rmtree(out_dir, ignore_errors=True)
         os.replace(staging, out_dir)
     except BaseException:

@@ -437,3 +437,62 @@ def test_slicing_follows_tfma_quirks():
         (("code", "1"), ("flag", 1)): [0],
         (("code", "a"), ("flag", 1)): [2],
     }
+
+
+def test_threshold_table_lists_every_threshold_for_people():
+    """thresholds.json, which the Airflow UI's lineage view shows (TFMA's own threshold lookup)."""
+    from airflow_ml_provider.ml.evaluation.beam_engine import threshold_table
+    from airflow_ml_provider.ml.evaluation.config import parse_eval_config, prepare_eval_config
+
+    raw = {
+        "slicing_specs": [{}, {"feature_keys": ["region"]}],
+        "metrics_specs": [
+            {
+                "metrics": [
+                    {"class_name": "ExampleCount"},
+                    {
+                        "class_name": "AUC",
+                        "threshold": {
+                            "value_threshold": {"lower_bound": 0.7},
+                            "change_threshold": {"direction": "HIGHER_IS_BETTER", "absolute": -0.01},
+                        },
+                    },
+                ],
+                "per_slice_thresholds": {
+                    "recall": {
+                        "thresholds": [
+                            {
+                                "slicing_specs": [{"feature_values": {"region": "north"}}],
+                                "threshold": {
+                                    "change_threshold": {"direction": "HIGHER_IS_BETTER", "relative": 0}
+                                },
+                            }
+                        ]
+                    }
+                },
+            }
+        ],
+    }
+
+    def _prepare(baseline: str | None = "pred_b") -> Any:
+        return prepare_eval_config(
+            parse_eval_config(raw), label_key="label", candidate_column="pred_c", baseline_column=baseline
+        )
+
+    assert threshold_table(_prepare()) == [
+        {
+            "metric": "auc",
+            "slice": "every slice",
+            "kind": "change",
+            "bound": "candidate - baseline >= -0.01 (higher is better)",
+        },
+        {"metric": "auc", "slice": "every slice", "kind": "value", "bound": ">= 0.7"},
+        {
+            "metric": "recall",
+            "slice": "region=north",
+            "kind": "change",
+            "bound": "(candidate - baseline) / baseline >= 0 (higher is better)",
+        },
+    ]
+    # No baseline: the change thresholds are gone from the config, and from the table.
+    assert [row["kind"] for row in threshold_table(_prepare(baseline=None))] == ["value"]

@@ -1,0 +1,237 @@
+"""
+The FastAPI app behind the Airflow UI's "ML lineage" views, served by the api-server under
+``/ml-lineage``.
+
+Routes (every one needs an Airflow user allowed to read the DAG's runs: the auth manager decides,
+through Airflow's own ``requires_access_dag`` dependency; no token -> 401, not allowed -> 403):
+
+- ``GET /ml-lineage/lineage?dag_id=..&run_id=..[&task_id=..]``: the HTML view shown in the DAG run
+  tab (and, with ``task_id``, in the task instance tab);
+- ``GET /ml-lineage/api/lineage?dag_id=..&run_id=..``: the same lineage as JSON;
+- ``GET /ml-lineage/artifact?dag_id=..&run_id=..&mlflow_run_id=..&path=..``: a report or plot of a
+  task run of that DAG run, read from MLflow's artifacts.
+
+The page is rendered on the server with autoescaping (a feature name or an anomaly text with HTML
+in it is shown, never run) and carries a Content-Security-Policy without scripts. Served reports
+get a sandboxing policy as well.
+"""
+
+# No ``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
+import base64
+import hashlib
+import logging
+from pathlib import Path
+from typing import Annotated, Any
+
+from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
+from airflow.api_fastapi.common.db.common import SessionDep
+from airflow.api_fastapi.core_api.security import requires_access_dag
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+
+log = logging.getLogger(__name__)
+
+CONFIG_SECTION = "ml_provider"
+CONN_OPTION = "lineage_mlflow_conn_id"
+DEFAULT_CONN_ID = "mlflow_default"
+XCOM_EXPERIMENT_ID = "mlflow_experiment_id"
+TEMPLATES = Path(__file__).parent / "templates"
+
+# The Airflow UI shows the page in a frame sandboxed without "allow-popups", where a plain
+# target="_blank" link is blocked. This script (the page's only one) opens the page's MLflow links
+# (class "ext") from the Airflow page that holds the frame, which is of the same origin.
+OPEN_LINKS_SCRIPT = (
+    'document.addEventListener("click",function(e){'
+    'var a=e.target.closest("a.ext");if(!a||window.top===window)return;'
+    'try{window.top.open(a.href,"_blank","noopener,noreferrer");e.preventDefault();}catch(err){}'
+    "});"
+)
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(OPEN_LINKS_SCRIPT.encode()).digest()).decode()
+# The page: its own inline styles, images from this server and the one script above; no frame, no
+# form, nothing from elsewhere.
+PAGE_CSP = (
+    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
+    f"script-src 'sha256-{_SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
+)
+# A served report: no script at all, and sandboxed (an opaque origin that cannot reach Airflow).
+REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; sandbox"
+# A small flow of three nodes, in the UI's icon size.
+ICON_SVG = (
+    '<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 24 24" fill="none" stroke="#4a90c2" '
+    'stroke-width="2"><circle cx="5" cy="6" r="3"/><circle cx="19" cy="6" r="3"/><circle cx="12" cy="18" r="3"/>'
+    '<path d="M8 6h8M6.5 8.5l4 7M17.5 8.5l-4 7"/></svg>'
+)
+
+
+DagId = Annotated[str, Query(min_length=1, max_length=250)]
+RunId = Annotated[str, Query(min_length=1, max_length=250)]
+MlflowRunId = Annotated[str, Query(pattern=r"^[0-9a-zA-Z_-]{1,64}$")]
+ArtifactPath = Annotated[str, Query(min_length=1, max_length=500)]
+
+
+def create_app() -> FastAPI:
+    """The sub-application the plugin mounts (built on the api-server's first request to it)."""
+    can_read_runs = [Depends(requires_access_dag("GET", DagAccessEntity.RUN))]
+    app = FastAPI(title="ML lineage", docs_url=None, redoc_url=None, openapi_url=None)
+
+    @app.get("/icon.svg", include_in_schema=False)
+    def icon() -> Response:  # the tab's icon: static, no data, so no login needed
+        return Response(ICON_SVG, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
+
+    @app.get("/lineage", response_class=HTMLResponse, dependencies=can_read_runs)
+    def lineage_page(
+        request: Request, session: SessionDep, dag_id: DagId, run_id: RunId, task_id: str | None = None
+    ) -> HTMLResponse:
+        try:
+            lineage = _lineage(session, dag_id, run_id)
+        except HTTPException as err:
+            context = {"error": err.detail, "dag_id": dag_id, "run_id": run_id, "task_id": task_id}
+            return _page(request, context, err.status_code)
+        return _page(request, {"lineage": lineage, "task_id": task_id, "dag_id": dag_id, "run_id": run_id})
+
+    @app.get("/api/lineage", dependencies=can_read_runs)
+    def lineage_json(session: SessionDep, dag_id: DagId, run_id: RunId) -> JSONResponse:
+        return JSONResponse(_lineage(session, dag_id, run_id))
+
+    @app.get("/artifact", dependencies=can_read_runs)
+    def artifact(
+        session: SessionDep,
+        dag_id: DagId,
+        run_id: RunId,
+        mlflow_run_id: MlflowRunId,
+        path: ArtifactPath,
+    ) -> Response:
+        from airflow_ml_provider.plugins.lineage_data import artifact_belongs_to, read_artifact
+
+        _require_dag_run(session, dag_id, run_id)
+        hook = _hook()
+        if not artifact_belongs_to(hook, mlflow_run_id, dag_id, run_id):
+            raise HTTPException(404, f"MLflow run {mlflow_run_id} is not a task run of DAG run {run_id}")
+        try:
+            content, media_type = read_artifact(hook, mlflow_run_id, path)
+        except FileNotFoundError:
+            raise HTTPException(404, f"No report or plot {path!r} in MLflow run {mlflow_run_id}") from None
+        return Response(
+            content,
+            media_type=media_type,
+            headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
+        )
+
+    return app
+
+
+def _lineage(session: Any, dag_id: str, run_id: str) -> dict[str, Any]:
+    from airflow_ml_provider.plugins.lineage_data import LineageError, collect_lineage
+
+    _require_dag_run(session, dag_id, run_id)
+    hook = _hook()
+    try:
+        return collect_lineage(hook, dag_id, run_id, _experiment_ids(session, dag_id, run_id))
+    except LineageError as err:
+        raise HTTPException(502, str(err)) from err
+    except Exception as err:  # a connection that cannot be read, a server that does not answer
+        log.exception("Reading the ML lineage of %s / %s failed", dag_id, run_id)
+        raise HTTPException(
+            502, f"MLflow could not be read through connection {_conn_id()!r}: {err}"
+        ) from err
+
+
+def _require_dag_run(session: Any, dag_id: str, run_id: str) -> None:
+    from airflow.models.dagrun import DagRun
+    from sqlalchemy import select
+
+    found = session.scalar(select(DagRun.id).where(DagRun.dag_id == dag_id, DagRun.run_id == run_id))
+    if found is None:
+        raise HTTPException(404, f"DAG {dag_id!r} has no DAG run {run_id!r}")
+
+
+def _experiment_ids(session: Any, dag_id: str, run_id: str) -> set[str]:
+    """The MLflow experiments the run's tasks logged to (each task pushes its experiment's id)."""
+    from airflow.models.xcom import XComModel
+    from sqlalchemy import select
+
+    values = session.scalars(
+        select(XComModel.value).where(
+            XComModel.dag_id == dag_id, XComModel.run_id == run_id, XComModel.key == XCOM_EXPERIMENT_ID
+        )
+    )
+    return {str(XComModel.deserialize_value(_Row(v))) for v in values if v is not None}
+
+
+class _Row:
+    """What ``XComModel.deserialize_value`` reads: an object with a ``value``."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def _conn_id() -> str:
+    from airflow.configuration import conf
+
+    return conf.get(CONFIG_SECTION, CONN_OPTION, fallback=DEFAULT_CONN_ID) or DEFAULT_CONN_ID
+
+
+def _hook() -> Any:
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+
+    try:
+        hook = MlflowHook(_conn_id())
+        hook.settings  # noqa: B018 - read the connection now, to answer with a clear error
+    except Exception as err:
+        raise HTTPException(
+            502,
+            f"The ML lineage view reads MLflow through connection {_conn_id()!r}, which could not be "
+            f"read: {err}. Create it, or name another one in [{CONFIG_SECTION}] {CONN_OPTION}.",
+        ) from err
+    return hook
+
+
+def _page(request: Request, context: dict[str, Any], status: int = 200) -> HTMLResponse:
+    html = (
+        _environment().get_template("ml_lineage.html").render(**context, open_links_script=OPEN_LINKS_SCRIPT)
+    )
+    return HTMLResponse(
+        html,
+        status_code=status,
+        headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+_ENV: Any = None
+
+
+def _environment() -> Any:
+    global _ENV
+    if _ENV is None:
+        from urllib.parse import urlencode
+
+        import jinja2
+
+        _ENV = jinja2.Environment(
+            loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+            autoescape=True,
+            undefined=jinja2.StrictUndefined,
+            trim_blocks=True,
+            lstrip_blocks=True,
+        )
+        _ENV.filters["num"] = _num
+        _ENV.filters["http_url"] = _http_url
+        _ENV.globals["urlencode"] = urlencode
+    return _ENV
+
+
+def _http_url(value: Any) -> str | None:
+    """Only http(s) addresses become links (a ``javascript:`` one from a bad connection does not)."""
+    return value if isinstance(value, str) and value.lower().startswith(("http://", "https://")) else None
+
+
+def _num(value: Any, digits: int = 4) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 1e6 else f"{value:,.0f}"
+    return str(value)
