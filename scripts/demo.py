@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import quote
 
 import requests
 
@@ -405,6 +406,18 @@ def check_story(rows: list[dict[str, str]]) -> list[str]:
     return problems
 
 
+def lineage_url(api_url: str, run_id: str) -> str:
+    """The DAG run's "ML lineage" tab in the Airflow UI (the provider's plugin)."""
+    return f"{api_url}/dags/{DAG_ID}/runs/{quote(run_id, safe='')}/plugin/ml-lineage"
+
+
+def say_lineage_links(api_url: str, rows: list[dict[str, str]]) -> None:
+    """Each run's "ML lineage" tab: dataset version -> validation -> ... -> promotion."""
+    for row in rows:
+        run_id = row["DAG run"].rsplit(" (", 1)[0]
+        say(f"  ML lineage of {row['version'].split()[0]}: {lineage_url(api_url, run_id)}")
+
+
 def run_story(airflow: Airflow, mlflow_url: str, check: Callable[[], None]) -> list[dict[str, str]]:
     from mlflow.tracking import MlflowClient
 
@@ -511,6 +524,7 @@ def main() -> int:
         print_table(rows)
         say(f"{DEPLOY_DAG_ID} runs (one per promotion): {', '.join(r['state'] for r in deployments)}")
         say(f"Airflow UI: {api_url}/dags/{DAG_ID}  (login: {USER} / {password})")
+        say_lineage_links(api_url, rows)
         experiment = requests.get(
             f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
             params={"experiment_name": EXPERIMENT},

@@ -53,3 +53,17 @@ def test_the_scenario_breaks_the_schema_only_in_its_last_version(demo):
     assert [landing.version for landing in demo.SCENARIO] == [1, 2, 3]
     assert [landing.expect_promoted for landing in demo.SCENARIO] == [True, True, False]
     assert "type_change" in demo.SCENARIO[-1].spec and "type_change" not in demo.SCENARIO[1].spec
+
+
+def test_the_summary_links_each_run_to_its_ml_lineage_tab(demo, capsys):
+    row = {
+        **_row("passed", "v1"),
+        "version": "v1 (0001)",
+        "DAG run": "asset_triggered__2026-12-04T15:00:00+00:00 (success)",
+    }
+    demo.say_lineage_links("http://127.0.0.1:8080", [row])
+    out = capsys.readouterr().out
+    assert (
+        "ML lineage of v1: http://127.0.0.1:8080/dags/continuous_training/runs/"
+        "asset_triggered__2026-12-04T15%3A00%3A00%2B00%3A00/plugin/ml-lineage"
+    ) in out
