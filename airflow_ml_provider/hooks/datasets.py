@@ -30,7 +30,7 @@ ORDERINGS = ("lexical", "numeric", "timestamp")
 DEFAULT_PATTERN = "version=*"
 DEFAULT_MARKER = "_SUCCESS"
 # A version name is one path component: letters, digits and . _ : + - only, never "." or "..".
-_SAFE_VERSION = re.compile(r"^[A-Za-z0-9_.:+-]{1,200}$")
+_SAFE_VERSION = re.compile(r"[A-Za-z0-9_.:+-]{1,200}")
 ROOT_MTIME_SETTLE_SECONDS = 2.0
 _COMPACT_TIMESTAMP = re.compile(r"^\d{8}(T?\d{4,6})?Z?$")
 
@@ -47,7 +47,7 @@ def _iso_from_epoch(seconds: float | None) -> str | None:
 
 def check_version_name(version: str) -> str | None:
     """Return why ``version`` is refused as a version name, or None when it is safe."""
-    if not _SAFE_VERSION.match(version):
+    if not _SAFE_VERSION.fullmatch(version):
         return "only letters, digits and . _ : + - are allowed (no path separators)"
     if ".." in version or version in {"."}:
         return "'..' is not allowed in a version name"
@@ -151,7 +151,7 @@ def order_key(ordering: str, version: str) -> Any:
 
 def _parse_timestamp(text: str) -> datetime:
     candidate = text
-    if _COMPACT_TIMESTAMP.match(text):
+    if _COMPACT_TIMESTAMP.fullmatch(text):
         digits = text.rstrip("Z").replace("T", "")
         fmt = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}.get(len(digits))
         if fmt:
@@ -160,7 +160,7 @@ def _parse_timestamp(text: str) -> datetime:
         # Partition names often replace ':' (e.g. 2026-11-23T18-05-00); fromisoformat wants ':'.
         parsed = datetime.fromisoformat(candidate.replace("Z", "+00:00"))
     except ValueError:
-        m = re.match(r"^(\d{4}-\d{2}-\d{2})[T_ ](\d{2})-(\d{2})(?:-(\d{2}))?$", text)
+        m = re.fullmatch(r"(\d{4}-\d{2}-\d{2})[T_ ](\d{2})-(\d{2})(?:-(\d{2}))?", text)
         if not m:
             raise ValueError("not a timestamp (ordering='timestamp')") from None
         parsed = datetime.fromisoformat(f"{m[1]}T{m[2]}:{m[3]}:{m[4] or '00'}")

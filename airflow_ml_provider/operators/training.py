@@ -64,7 +64,8 @@ class DistributedTrainingOperator(WorkerGangOperator):
     :param namespace: where the Job and Service go (templated).
     :param container_resources: the pods' container resources, e.g.
         ``{"requests": {"cpu": "4"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": 1}}``
-        (``resources`` is Airflow's own executor setting).
+        (``resources`` is Airflow's own executor setting). None: requests 1 CPU and 2 GiB, limits
+        2 CPUs and 4 GiB; ``{}``: no requests or limits.
     :param node_selector: node labels the pods need.
     :param tolerations: pod tolerations.
     :param service_account: the pods' service account.

@@ -52,6 +52,13 @@ def gang_name(dag_id: str, run_id: str, task_id: str, map_index: int = -1, try_s
     return f"{stem}-{digest}"
 
 
+# The pods' resources when the DAG gives none: a worker never runs without limits.
+DEFAULT_RESOURCES: dict[str, Any] = {
+    "requests": {"cpu": "1", "memory": "2Gi"},
+    "limits": {"cpu": "2", "memory": "4Gi"},
+}
+
+
 @dataclass
 class GangPodSettings:
     """
@@ -61,7 +68,8 @@ class GangPodSettings:
     :param namespace: where the Job and the Service go.
     :param workers: the gang size (completions = parallelism).
     :param port: the port every worker listens on for the collective ops.
-    :param resources: container resources, e.g. ``{"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 1}}``.
+    :param resources: container resources, e.g. ``{"requests": {"cpu": "2"}, "limits": {"nvidia.com/gpu": 1}}``;
+        None gives :data:`DEFAULT_RESOURCES` (1-2 CPUs, 2-4 GiB), ``{}`` none at all.
     :param node_selector: node labels the pods require.
     :param tolerations: pod tolerations (Kubernetes' own dict form).
     :param service_account: the pods' service account.
@@ -124,7 +132,7 @@ class GangPodSettings:
             )
         secrets = self.env_from_secrets
         if not isinstance(secrets, (list, tuple)) or not all(
-            isinstance(s, str) and _SECRET_NAME.match(s) for s in secrets
+            isinstance(s, str) and _SECRET_NAME.fullmatch(s) for s in secrets
         ):
             raise ValueError(
                 "Kubernetes launcher: env_from_secrets must be a list of Secret names (lowercase "
@@ -191,8 +199,10 @@ def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any
     if settings.env_from_secrets:
         # "env" wins over "envFrom": a Secret cannot override the gang's own variables.
         container["envFrom"] = [{"secretRef": {"name": s}} for s in settings.env_from_secrets]
-    if settings.resources:
-        container["resources"] = settings.resources
+    # No pod without bounds: the defaults unless the DAG gives its own ({} asks for none).
+    resources = DEFAULT_RESOURCES if settings.resources is None else settings.resources
+    if resources:
+        container["resources"] = resources
     return container
 
 

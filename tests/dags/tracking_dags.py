@@ -76,3 +76,10 @@ with DAG(
         python=sys.executable,
         step_timeout=300,
     ).set_upstream(versions)
+
+with DAG("test_secrets_stay_secret", schedule=None, catchup=False, tags=["test"]):
+    import sys
+
+    # In the worker, and in another interpreter (which gets MLflow's credentials in its environment).
+    MLStepOperator(task_id="in_process", step="echo", spec={"payload": 1, "metrics": {"m": 1.0}})
+    MLStepOperator(task_id="child", step="echo", spec={"payload": 2}, runner="python", python=sys.executable)

@@ -97,7 +97,7 @@ def indexed_job_cluster(
     """
     _check_workers(workers, f"Indexed Job {job_name!r}")
     for label, value in (("job name", job_name), ("service", service), ("namespace", namespace)):
-        if not isinstance(value, str) or not _DNS_LABEL.match(value):
+        if not isinstance(value, str) or not _DNS_LABEL.fullmatch(value):
             raise ValueError(
                 f"Indexed Job cluster: {label} must be a DNS label (lowercase letters, digits, '-', "
                 f"at most 63 characters), got {value!r}."

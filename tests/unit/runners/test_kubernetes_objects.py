@@ -9,6 +9,7 @@ import pytest
 
 from airflow_ml_provider.ml.training.cluster import tf_config_from_pod_env
 from airflow_ml_provider.runners.kubernetes_objects import (
+    DEFAULT_RESOURCES,
     LABEL_GANG,
     SPEC_ANNOTATION,
     GangPodSettings,
@@ -108,6 +109,22 @@ def test_defaults_keep_a_finished_job_for_a_day_and_add_no_env_from() -> None:
     assert job["spec"]["ttlSecondsAfterFinished"] == 86400
     assert "envFrom" not in container and "activeDeadlineSeconds" not in job["spec"]
     assert round_trip(job, "V1Job") == job
+
+
+def test_pods_run_bounded_non_root_and_without_privilege_escalation_by_default() -> None:
+    job = indexed_job("train-abc", "train_model", {}, GangPodSettings(image="img:1"))
+    pod = job["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["resources"] == DEFAULT_RESOURCES
+    assert {"cpu", "memory"} <= set(container["resources"]["limits"])
+    security = container["securityContext"]
+    assert security["runAsNonRoot"] is True and security["runAsUser"] != 0
+    assert security["allowPrivilegeEscalation"] is False and security["capabilities"] == {"drop": ["ALL"]}
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert round_trip(job, "V1Job") == job
+    # A DAG that asks for no resources at all says so with {}.
+    unbounded = indexed_job("train-abc", "train_model", {}, GangPodSettings(image="img:1", resources={}))
+    assert "resources" not in unbounded["spec"]["template"]["spec"]["containers"][0]
 
 
 def test_ttl_none_keeps_the_job_until_deleted() -> None:
