@@ -24,6 +24,15 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from airflow_ml_provider.tracking import (
+    TAG_DAG_ID,
+    TAG_MAP_INDEX,
+    TAG_ROLE,
+    TAG_RUN_ID,
+    TAG_TASK_ID,
+)
+from airflow_ml_provider.tracking import TAG_TRY_NUMBER as TAG_TRY
+
 if TYPE_CHECKING:
     from mlflow.entities import Run
 
@@ -31,12 +40,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_DAG_ID = "airflow.dag_id"
-TAG_RUN_ID = "airflow.run_id"
-TAG_TASK_ID = "airflow.task_id"
-TAG_MAP_INDEX = "airflow.map_index"
-TAG_TRY = "airflow.try_number"
-TAG_ROLE = "airflow.role"
 TAG_STEP = "airflow_ml.step"
 
 # airflow_ml.step -> stage, in the order the view shows them.
