@@ -94,7 +94,11 @@ class MlflowSettings:
         The hook never writes these into this process's ``os.environ``; runners pass them to the
         child they start, as a pod would get them from a Secret.
         """
+        from airflow_ml_provider.hooks._mlflow_client import bounded_retries
+
         env = {"MLFLOW_TRACKING_URI": self.tracking_uri, "MLFLOW_REGISTRY_URI": self.registry_uri}
+        if self.is_http:
+            env.update(bounded_retries())  # a step or a pod gives up on a dead server in seconds too
         if self.username:
             env["MLFLOW_TRACKING_USERNAME"] = self.username
             env["MLFLOW_TRACKING_PASSWORD"] = self.password or ""

@@ -83,3 +83,20 @@ with DAG("test_secrets_stay_secret", schedule=None, catchup=False, tags=["test"]
     # In the worker, and in another interpreter (which gets MLflow's credentials in its environment).
     MLStepOperator(task_id="in_process", step="echo", spec={"payload": 1, "metrics": {"m": 1.0}})
     MLStepOperator(task_id="child", step="echo", spec={"payload": 2}, runner="python", python=sys.executable)
+
+
+def _restart_mlflow(context):
+    import steps_for_tests
+
+    steps_for_tests.restart_mlflow(context)
+
+
+with DAG("test_tracking_outage", schedule=None, catchup=False, tags=["test"]):
+    MLStepOperator(
+        task_id="through_outage",
+        step="steps_for_tests:stop_mlflow_once",
+        spec={"marker": "{{ dag_run.conf['marker'] }}"},
+        retries=1,
+        retry_delay=timedelta(seconds=1),
+        on_retry_callback=_restart_mlflow,
+    )

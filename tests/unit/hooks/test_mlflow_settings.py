@@ -102,3 +102,19 @@ def test_missing_named_connection_is_an_error(monkeypatch):
 def test_redact_uri_drops_credentials():
     assert redact_uri("http://bob:secret@host:5000/x") == "http://host:5000/x"
     assert redact_uri("http://host:5000") == "http://host:5000"
+
+
+def test_children_give_up_on_a_dead_server_in_seconds_unless_told_otherwise(monkeypatch):
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", raising=False)
+    env = _hook(monkeypatch, host="http://m:5000").settings.child_environment()
+    assert (env["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], env["MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR"]) == ("4", "1")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "9")  # the deployment's choice wins
+    assert (
+        _hook(monkeypatch, host="http://m:5000").settings.child_environment()[
+            "MLFLOW_HTTP_REQUEST_MAX_RETRIES"
+        ]
+        == "9"
+    )
+    database = _hook(monkeypatch, host="sqlite:////tmp/x/mlflow.db").settings.child_environment()
+    assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in database  # no HTTP, nothing to retry
