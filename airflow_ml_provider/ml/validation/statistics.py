@@ -309,8 +309,8 @@ class _Accumulator:
 
 def _read_error(path: str, fmt: str, err: Exception) -> ValueError:
     return ValueError(
-        f"validate_data: cannot read {path!r} as {fmt}: {err}. Is the file corrupt, or is spec key "
-        "'format' wrong for it?"
+        f"validate_data: cannot read {path!r} as {fmt}: {err}. Is the file corrupt (a CSV must be "
+        "UTF-8), or is spec key 'format' wrong for it?"
     )
 
 
@@ -371,7 +371,7 @@ def compute_statistics(files: DataFiles, chunk_rows: int = DEFAULT_CHUNK_ROWS) -
             else:
                 for batch in _prefetch(_parquet_batches(files.fs, path, chunk_rows)):
                     acc.add(batch)
-        except (pa.ArrowException, OSError) as err:
+        except (pa.ArrowException, OSError, UnicodeDecodeError) as err:  # CSV must be UTF-8
             raise _read_error(path, files.format, err) from err
     log.info("Statistics of %s: %d rows in %d file(s)", files.uri, acc.rows, len(files.paths))
     return acc.result()
