@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 VENV := .venv
 SYNC_STAMP := $(VENV)/.synced
 
-.PHONY: setup browser demo demo-serve test test-fast lint typecheck docs dist bench benchmarks clean
+.PHONY: reliability setup browser demo demo-serve test test-fast lint typecheck docs dist bench benchmarks clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -70,6 +70,10 @@ bench: setup
 	$(VENV)/bin/python benchmarks/run_all.py $(if $(QUICK),--quick)
 
 benchmarks: bench
+
+# The reliability and security scenarios docs/reliability.md names, then its results rewritten.
+reliability: setup browser
+	$(VENV)/bin/python scripts/reliability_report.py
 
 clean:
 	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache

@@ -58,7 +58,9 @@ def test_one_parent_run_per_dag_run_and_one_nested_run_per_task(airflow_db, mlfl
     assert _xcom(dag_id, dag_run.run_id, "b")["return_value"] == {"payload": "1"}
 
 
-def test_retried_task_resumes_its_own_run(airflow_db, mlflow_conn, mlflow_client, tmp_path: Path):
+def test_retried_task_resumes_its_own_run(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path: Path, record_property
+):
     dag_id = "test_tracking_retry"
     dag_run = run_dag(load_dag(dag_id), conf={"marker": str(tmp_path / "marker")})
 
@@ -69,6 +71,7 @@ def test_retried_task_resumes_its_own_run(airflow_db, mlflow_conn, mlflow_client
     assert runs[0].data.tags["airflow.try_number"] == "2"
     assert runs[0].data.metrics["recovered"] == 1.0
     assert len(_runs(mlflow_client, dag_id, dag_run.run_id, **{"airflow.role": "dag_run"})) == 1
+    record_property("measured", "2 tries: 1 task run (try 2 in it, FINISHED), 1 parent run")
 
 
 def test_failed_task_ends_its_run_failed(airflow_db, mlflow_conn, mlflow_client):

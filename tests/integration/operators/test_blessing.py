@@ -100,7 +100,9 @@ def test_first_model_then_better_is_promoted_worse_is_not(
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 2
 
 
-def test_retry_after_crash_between_register_and_alias(airflow_db, mlflow_conn, mlflow_client, churn):
+def test_retry_after_crash_between_register_and_alias(
+    airflow_db, mlflow_conn, mlflow_client, churn, record_property
+):
     name = f"churn_{uuid.uuid4().hex[:6]}"
     dag_run = run_dag(load_dag("blessing_crash_after_register"), conf=_conf(churn, name, "good"))
     ti = next(ti for ti in dag_run.get_task_instances() if ti.task_id == "promote")
@@ -108,9 +110,12 @@ def test_retry_after_crash_between_register_and_alias(airflow_db, mlflow_conn, m
     assert task_xcom(dag_run, "promote")["registered_now"] is False
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 1
     assert _champion(mlflow_client, name) == "1"
+    record_property("measured", "promote ran twice (try 2): 1 registered version, champion moved once to it")
 
 
-def test_two_dag_runs_promoting_at_once(airflow_db, mlflow_conn, mlflow_client, churn, tmp_path):
+def test_two_dag_runs_promoting_at_once(
+    airflow_db, mlflow_conn, mlflow_client, churn, tmp_path, record_property
+):
     """Both evaluate against the same champion, then promote together: exactly one wins."""
     if not postgres_base_url():
         pytest.skip("needs PostgreSQL (concurrent Airflow task runs and mlflow server backend)")
@@ -161,3 +166,8 @@ def test_two_dag_runs_promoting_at_once(airflow_db, mlflow_conn, mlflow_client, 
     run_dag(dag, conf=_conf(churn, name, loser), expect=None)
     champion = mlflow_client.get_model_version(name, _champion(mlflow_client, name))
     assert champion.tags["airflow_ml.candidate_model_uri"] == churn["models"]["good"]
+    record_property(
+        "measured",
+        f"2 DAG runs promoted at once from champion 1: 1 won, 1 refused (re-evaluate); after the loser's "
+        f"re-evaluation the champion is the better model ({len(mlflow_client.search_model_versions(f'name = {name!r}'))} versions)",
+    )
