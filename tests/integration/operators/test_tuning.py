@@ -203,8 +203,12 @@ def test_a_retry_resumes_the_study(airflow_db, mlflow_conn, mlflow_client, stora
     assert 3 in {t.number for t in lost} and 1 <= len(lost) <= 2
     retries = {t.system_attrs["failed_trial"]: t for t in trials.values() if "failed_trial" in t.system_attrs}
     assert sorted(retries) == sorted(t.number for t in lost)
+    assert trials[3].params  # the trial whose worker died had drawn its values ...
     for trial in lost:
-        assert retries[trial.number].params == trial.params
+        # ... and its retry runs with the same values. The other worker's trial may have been
+        # killed between being created and drawing its values (CI hit this): its retry draws them.
+        if trial.params:
+            assert retries[trial.number].params == trial.params
         assert retries[trial.number].state.name in ("COMPLETE", "PRUNED")
     assert set(_calls(markers).values()) == {1}  # one call per trial number: no trial repeated
     assert len(trials) == N_TRIALS + len(lost)
