@@ -128,3 +128,14 @@ def mlflow_client(mlflow_server: MlflowServer):  # type: ignore[no-untyped-def]
     from mlflow.tracking import MlflowClient
 
     return MlflowClient(tracking_uri=mlflow_server.url)
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Iterator[str]:
+    """An Optuna study storage for the tuning tests: a fresh PostgreSQL database, else SQLite."""
+    if postgres_base_url():
+        url = create_database("tuning_test")
+        yield sqlalchemy_url(url)
+        drop_database(url)
+    else:
+        yield f"sqlite:///{tmp_path / 'studies.db'}"

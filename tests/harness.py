@@ -174,6 +174,21 @@ class MlflowServer:
         return json.dumps({"conn_type": "mlflow", "host": self.url, **fields})
 
 
+# -- scripts --------------------------------------------------------------------------------
+
+
+def load_script(path: Path, name: str) -> Any:
+    """Import a script of the repository (scripts/, benchmarks/) as module ``name``, for its unit tests."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec and spec.loader, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 # -- Airflow ----------------------------------------------------------------------------------
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from harness import load_script
 
 pytestmark = pytest.mark.unit
 
@@ -28,11 +27,7 @@ Prose about tuning.
 
 @pytest.fixture
 def runner(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_run_all", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_run_all"] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "bench_run_all")
     doc = tmp_path / "benchmarks.md"
     doc.write_text(DOC)
     monkeypatch.setattr(module, "DOC", doc)

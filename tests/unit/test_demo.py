@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from harness import load_script
 
 pytestmark = pytest.mark.unit
 
@@ -16,11 +15,7 @@ SCRIPT = Path(__file__).parents[2] / "scripts" / "demo.py"
 
 @pytest.fixture(scope="module")
 def demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("demo_script", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["demo_script"] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "demo_script")
     return module
 
 

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 from types import ModuleType
 
 import pytest
+from harness import load_script
 
 pytestmark = pytest.mark.unit
 
@@ -40,11 +39,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 
 @pytest.fixture(scope="module")
 def report() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("reliability_report", SCRIPT)
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reliability_report"] = module
-    spec.loader.exec_module(module)
+    module = load_script(SCRIPT, "reliability_report")
     return module
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import create_database, drop_database, postgres_base_url, sqlalchemy_url
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.ml.tuning.storage import STORAGE_ENV
@@ -22,16 +21,6 @@ from airflow_ml_provider.runners.gang import GangRunner
 pytestmark = pytest.mark.integration
 
 DAGS = str(Path(__file__).parents[2] / "dags")  # tuning_fns.py
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Any:
-    if postgres_base_url():
-        url = create_database("tuning_test")
-        yield sqlalchemy_url(url)
-        drop_database(url)
-    else:
-        yield f"sqlite:///{tmp_path / 'studies.db'}"
 
 
 def _spec(markers: Path, **kwargs: Any) -> dict[str, Any]:

@@ -12,12 +12,8 @@ from typing import Any
 
 import pytest
 from harness import (
-    create_database,
-    drop_database,
     load_dag,
-    postgres_base_url,
     run_dag,
-    sqlalchemy_url,
     task_states,
 )
 
@@ -25,16 +21,6 @@ pytestmark = pytest.mark.integration
 
 N_TRIALS = 12
 STEPS = 5  # tuning_fns.STEPS
-
-
-@pytest.fixture
-def storage(tmp_path: Path) -> Any:
-    if postgres_base_url():
-        url = create_database("tuning_test")
-        yield sqlalchemy_url(url)
-        drop_database(url)
-    else:
-        yield f"sqlite:///{tmp_path / 'studies.db'}"
 
 
 @pytest.fixture
