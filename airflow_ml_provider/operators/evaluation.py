@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import EvaluationReportLink
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -167,7 +167,7 @@ class ModelEvaluationOperator(MLStepOperator):
         from airflow_ml_provider.versions import triggering_version
 
         self._baseline = self._resolve_baseline(run)
-        self._output_dir = tempfile.mkdtemp(prefix="ml-evaluation-")
+        self._output_dir = make_scratch_dir("ml-evaluation")
         config = self.eval_config
         if self.dataset_version is None:
             self.dataset_version = (triggering_version(context) or {}).get("version")

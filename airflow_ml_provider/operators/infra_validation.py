@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -93,7 +93,7 @@ class InfraValidationOperator(MLStepOperator):
             raise ValueError(f"Task {self.task_id!r}: model_uri must be a model URI, got {self.model_uri!r}.")
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
-        self._output_dir = tempfile.mkdtemp(prefix="ml-infra-")
+        self._output_dir = make_scratch_dir("ml-infra")
         spec: dict[str, Any] = {
             "model_uri": str(self.model_uri),
             "data_uri": str(self.data_uri),

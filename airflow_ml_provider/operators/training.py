@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.ml.training.step import STRATEGIES
 from airflow_ml_provider.operators._gang import WorkerGangOperator
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
@@ -244,7 +244,7 @@ class DistributedTrainingOperator(WorkerGangOperator):
         """The chief's result, which it logged to the task's run (a pod's files are gone)."""
         from airflow_ml_provider.ml.training.step import RESULT_ARTIFACT
 
-        workdir = tempfile.mkdtemp(prefix="ml-train-result-")
+        workdir = make_scratch_dir("ml-train-result")
         try:
             path = run.hook.client.download_artifacts(run.run_id, RESULT_ARTIFACT, workdir)
             with open(path, encoding="utf-8") as handle:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.operators._gang import WorkerGangOperator
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 
@@ -395,7 +395,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         from airflow_ml_provider.ml.tuning.storage import STORAGE_ENV
         from airflow_ml_provider.runners import PythonRunner
 
-        workdir = tempfile.mkdtemp(prefix="ml-tuning-")
+        workdir = make_scratch_dir("ml-tuning")
         try:
             env = {**self.local_worker_env(run), STORAGE_ENV: self.storage_hook().url}
             runner = PythonRunner(python=self.python, env=env)

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import shutil
-import tempfile
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import ValidationReportLink
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -107,7 +107,7 @@ class DataValidationOperator(MLStepOperator):
             raise ValueError(f"Task {self.task_id!r}: data_uri is empty (after rendering the template).")
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
-        self._output_dir = tempfile.mkdtemp(prefix="ml-validation-")
+        self._output_dir = make_scratch_dir("ml-validation")
         spec: dict[str, Any] = {
             "data_uri": str(self.data_uri),
             "format": self.data_format,

@@ -12,7 +12,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import IO, Any
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
 from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
+from airflow_ml_provider.ml.scratch import scratch_dir
 from airflow_ml_provider.runners._logger import StepLogger
 from airflow_ml_provider.runners.in_process import json_round_trip
 
@@ -240,7 +240,7 @@ class PythonRunner:
         self._logger = logger or log
         python = _check_interpreter(self.python)
         spec = json_round_trip(spec, step=step, what="spec")
-        with tempfile.TemporaryDirectory(prefix="ml-step-") as tmp:
+        with scratch_dir("ml-step") as tmp:
             spec_file, result_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
             spec_file.write_text(json.dumps(spec), encoding="utf-8")
             cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file)]

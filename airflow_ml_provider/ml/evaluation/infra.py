@@ -22,9 +22,10 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from typing import Any
+
+from airflow_ml_provider.ml.scratch import scratch_dir
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ def infra_validate(spec: dict[str, Any]) -> dict[str, Any]:
     rows = sample_rows(settings)
     if not rows:
         raise ValueError(f"infra_validate: no sample rows in {settings.get('data_uri')!r}.")
-    with tempfile.TemporaryDirectory(prefix="infra-validation-") as workdir:
+    with scratch_dir("infra-validation") as workdir:
         state = run_probe(settings, rows, workdir)
     checks = _checks(settings, state, len(rows))
     failures = [f"{c['name']}: {c['detail']}" for c in checks if not c["ok"]]

@@ -26,12 +26,12 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from airflow_ml_provider.ml.registry import step_reference
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.ml.training.cluster import (
     ENV_JOB_NAME,
     TF_CONFIG,
@@ -281,7 +281,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
     if tracker.enabled:
         tracker.connect()  # import MLflow now, not in the first epoch's callback while the gang waits
     strategy_name = spec.get("strategy", "one_device")
-    workdir = tempfile.mkdtemp(prefix="ml-train-")
+    workdir = make_scratch_dir("ml-train")
     try:
         tf = import_tensorflow()
         if spec.get("seed") is not None:

@@ -18,12 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import shutil
-import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from airflow_ml_provider.ml.registry import resolve_step, step_reference
+from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.ml.training.context import ChiefTracker
 from airflow_ml_provider.ml.tuning.trial_runs import RunHandle, TrialRuns
 
@@ -206,7 +206,7 @@ class TrainingObjective:
         spec = self.spec
         if spec.get("seed") is not None:
             tf.keras.utils.set_random_seed(int(spec["seed"]))
-        workdir = tempfile.mkdtemp(prefix=f"ml-trial-{trial.number}-")
+        workdir = make_scratch_dir(f"ml-trial-{trial.number}")
         try:
             ctx = TrainingContext(
                 train_uri=spec["train_uri"],
