@@ -363,6 +363,8 @@ class DatasetVersionTrigger(BaseEventTrigger):
                 failures = 0
                 first_poll = not watermark.initialised
                 new = self._select_new(watermark, versions, source)
+                if first_poll:
+                    await self._save_first_watermark(key, watermark, source)
                 for version in new:
                     previous = (watermark.last or {}).get("version")
                     payload = {**payload_of(version, previous, source), "state_key": key}
@@ -379,6 +381,22 @@ class DatasetVersionTrigger(BaseEventTrigger):
                     watermark.initialised = True
                     pending.append((time.monotonic(), watermark.to_state()))
             await asyncio.sleep(self._delay(failures))
+
+    async def _save_first_watermark(
+        self, key: str, watermark: _Watermark, source: DatasetVersionSource
+    ) -> None:
+        """
+        Write the first watermark at once: the history ``start_from`` skipped, no event yet.
+
+        It holds no event, so writing it early cannot lose a version; without it, a triggerer
+        killed before the first delayed commit would start over with no watermark and take every
+        version that landed meanwhile for history (``start_from="latest"``: all but the newest).
+        """
+        watermark.initialised = True
+        try:
+            await self._save_state(key, watermark.to_state())
+        except Exception as err:  # the delayed commit writes it later
+            log.warning("Dataset %s: could not store the first watermark yet (%s)", source.name, err)
 
     def _select_new(
         self, watermark: _Watermark, versions: list[DatasetVersion], source: DatasetVersionSource

@@ -152,9 +152,31 @@ async def test_uncommitted_versions_are_delivered_again_after_a_crash(
     assert (await gen.next())["version"] == "0001"
     await gen.none(0.3)
     await gen.aclose()
-    assert store.data == {}
+    (state,) = store.data.values()
+    assert state["known"] == []  # only the first watermark (nothing delivered) was written
     gen = Events(make(tmp_path, store))
     assert (await gen.next())["version"] == "0001"
+    await gen.aclose()
+
+
+async def test_a_crash_before_the_first_commit_does_not_turn_new_versions_into_history(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """The first watermark is written at once, so a restart knows the watcher had started: the
+    versions that landed since are new, not history to skip (found on a real cluster whose
+    triggerer was SIGKILLed within 3 s of its first poll)."""
+    monkeypatch.setattr(trigger_module, "COMMIT_DELAY_SECONDS", 3600.0)
+    store = DictStateStore()
+    gen = Events(make(tmp_path, store))
+    await gen.none(0.3)  # first poll: no version yet
+    land(tmp_path, "0001")
+    land(tmp_path, "0002")
+    assert (await gen.next())["version"] == "0001"  # handed over, never committed
+    await gen.aclose()  # the triggerer dies
+    land(tmp_path, "0003")
+    gen = Events(make(tmp_path, store))
+    assert [(await gen.next())["version"] for _ in range(3)] == ["0001", "0002", "0003"]
+    await gen.none()
     await gen.aclose()
 
 
