@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -39,3 +41,41 @@ def restart_mlflow(context: Any) -> None:
     """on_retry_callback: the task gave up on the dead server; bring it back before the retry."""
     OUTAGE["failed_at"] = time.monotonic()
     OUTAGE["server"].start()
+
+
+# -- the crash tests on a real cluster (tests/integration/test_reliability_cluster.py) ----------
+PAUSE_DIR_ENV = "ML_TEST_PAUSE_DIR"
+CRASH_DAG_ID = "reliability_crash"
+
+
+def pause_marker(root: str | Path, run_id: str, point: str) -> Path:
+    return Path(root, run_id.replace(":", "_").replace("+", "_"), point)
+
+
+def pause_once(point: str) -> None:
+    """
+    In a ``reliability_crash`` DAG run, the first time ``point`` is reached: leave a marker (with
+    this process's pid) and wait to be killed. Later tries find the marker and go on.
+
+    Anywhere else (no ``ML_TEST_PAUSE_DIR``, another DAG) it does nothing.
+    """
+    root = os.environ.get(PAUSE_DIR_ENV)
+    if not root or os.environ.get("AIRFLOW_CTX_DAG_ID") != CRASH_DAG_ID:
+        return
+    marker = pause_marker(root, os.environ.get("AIRFLOW_CTX_DAG_RUN_ID", "unknown"), point)
+    if marker.exists():
+        return
+    marker.parent.mkdir(parents=True, exist_ok=True)
+    marker.write_text(json.dumps({"pid": os.getpid(), "at": time.time()}))
+    time.sleep(600)
+    raise RuntimeError(f"pause_once({point!r}): nobody killed this process within 600 s")
+
+
+def pausing_run_fn(ctx: Any) -> Any:
+    """The demo ``run_fn``; the chief then pauses once: trained, not yet exported or logged."""
+    from airflow_ml_provider.ml.training.demo import run_fn
+
+    model = run_fn(ctx)
+    if ctx.is_chief:
+        pause_once("train")
+    return model

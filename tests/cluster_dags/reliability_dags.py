@@ -1,0 +1,170 @@
+"""
+DAGs of the reliability suite on a real cluster (``tests/integration/test_reliability_cluster.py``).
+
+They live outside ``tests/dags`` so that ``load_dag`` in other tests never parses them.
+
+* ``reliability_crash``: validate -> train (2 local workers) -> evaluate -> promote, each with one
+  retry. Pause points (``steps_for_tests.pause_once``) hold each task's first try in the middle of
+  its work, where the test SIGKILLs the task process: validation with its artifacts staged but not
+  published, training with the model trained but not exported, evaluation with its outputs staged,
+  promotion with the version registered and the alias move claimed but not made.
+* ``reliability_concurrent``: evaluate a given candidate against the champion, then promote.
+* ``reliability_watch``: one DAG on 20 assets, each watched by a ``DatasetVersionTrigger``.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+import os
+from datetime import timedelta
+from typing import Any
+
+from airflow.providers.standard.operators.empty import EmptyOperator
+from airflow.sdk import DAG, Asset, AssetWatcher
+from steps_for_tests import pause_once
+
+from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
+from airflow_ml_provider.operators.promotion import PromoteModelOperator
+from airflow_ml_provider.operators.training import DistributedTrainingOperator
+from airflow_ml_provider.operators.validation import DataValidationOperator
+from airflow_ml_provider.triggers.dataset import DatasetVersionTrigger
+
+WATCH_ROOT = os.environ.get("ML_TEST_WATCH_ROOT", "/tmp/airflow-ml-provider/reliability-watch")
+WATCHED_ASSETS = int(os.environ.get("ML_TEST_WATCHED_ASSETS", "20"))
+EVAL_CONFIG: dict[str, Any] = {
+    "model_specs": [{"label_key": "label"}],
+    "slicing_specs": [{}, {"feature_keys": ["region"]}],
+    "metrics_specs": [
+        {
+            "metrics": [
+                {"class_name": "ExampleCount"},
+                {
+                    "class_name": "AUC",
+                    "threshold": {
+                        "value_threshold": {"lower_bound": 0.55},
+                        "change_threshold": {"direction": "HIGHER_IS_BETTER", "absolute": -0.002},
+                    },
+                },
+            ]
+        }
+    ],
+}
+
+
+def _install_pause_points() -> None:
+    """Wrap four places of the provider with ``pause_once`` (a no-op outside ``reliability_crash``)."""
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+    from airflow_ml_provider.ml.evaluation import step as evaluation_step
+    from airflow_ml_provider.ml.validation.io import StagedOutput
+
+    if getattr(StagedOutput.commit, "_paused", False):
+        return
+
+    commit = StagedOutput.commit
+
+    def paused_commit(self: Any, *args: Any, **kwargs: Any) -> None:
+        pause_once("validate")  # everything staged in the hidden folder, nothing published
+        commit(self, *args, **kwargs)
+
+    write_outputs = evaluation_step._write_outputs
+
+    def paused_write_outputs(*args: Any, **kwargs: Any) -> Any:
+        written = write_outputs(*args, **kwargs)
+        pause_once("evaluate")  # outputs written to staging, not yet moved into place
+        return written
+
+    claim = MlflowHook.claim
+
+    def paused_claim(self: Any, key: str, *args: Any, **kwargs: Any) -> str:
+        winner = claim(self, key, *args, **kwargs)
+        if key.startswith("registry/"):
+            pause_once("promote")  # version registered, alias move claimed, alias not moved
+        return winner
+
+    paused_commit._paused = True  # type: ignore[attr-defined]
+    StagedOutput.commit = paused_commit  # type: ignore[method-assign]
+    evaluation_step._write_outputs = paused_write_outputs
+    MlflowHook.claim = paused_claim  # type: ignore[method-assign]
+
+
+_install_pause_points()
+
+PIPELINE_PARAMS = {"data_uri": "", "state_root": "", "model_name": ""}
+RETRY = {"retries": 1, "retry_delay": timedelta(seconds=1)}
+
+with DAG(
+    dag_id="reliability_crash",
+    schedule=None,
+    render_template_as_native_obj=True,
+    params=PIPELINE_PARAMS,
+    default_args=RETRY,
+):
+    validate = DataValidationOperator(
+        task_id="validate",
+        data_uri="{{ params.data_uri }}",
+        schema_uri="{{ params.state_root }}/schema/schema.pbtxt",
+        on_anomaly="fail",
+    )
+    train = DistributedTrainingOperator(
+        task_id="train",
+        run_fn="steps_for_tests:pausing_run_fn",
+        train_uri="{{ params.data_uri }}",
+        hyperparameters={"epochs": 1, "batch_size": 256},
+        strategy="multi_worker_mirrored",
+        workers=2,
+        seed=7,
+        launcher="local",
+    )
+    evaluate = ModelEvaluationOperator(
+        task_id="evaluate",
+        candidate_model_uri="{{ ti.xcom_pull('train')['model_uri'] }}",
+        data_uri="{{ params.data_uri }}",
+        registered_model_name="{{ params.model_name }}",
+        eval_config=EVAL_CONFIG,
+    )
+    promote = PromoteModelOperator(
+        task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output
+    )
+    validate >> train >> evaluate >> promote
+
+with DAG(
+    dag_id="reliability_concurrent",
+    schedule=None,
+    render_template_as_native_obj=True,
+    params={"candidate_uri": "", "data_uri": "", "model_name": ""},
+    max_active_runs=8,
+):
+    evaluate = ModelEvaluationOperator(
+        task_id="evaluate",
+        candidate_model_uri="{{ params.candidate_uri }}",
+        data_uri="{{ params.data_uri }}",
+        registered_model_name="{{ params.model_name }}",
+        eval_config=EVAL_CONFIG,
+        on_not_blessed="skip",
+    )
+    PromoteModelOperator(task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output)
+
+WATCHED = [
+    Asset(
+        f"reliability_data_{i:02d}",
+        uri=f"file://{WATCH_ROOT}/data_{i:02d}",
+        watchers=[
+            AssetWatcher(
+                name=f"reliability_watch_{i:02d}",
+                trigger=DatasetVersionTrigger(
+                    f"{WATCH_ROOT}/data_{i:02d}", pattern="version=*", poll_interval=1.0
+                ),
+            )
+        ],
+    )
+    for i in range(WATCHED_ASSETS)
+]
+
+with DAG(
+    dag_id="reliability_watch",
+    schedule=functools.reduce(operator.or_, WATCHED),
+    catchup=False,
+    max_active_runs=4,
+):
+    EmptyOperator(task_id="consume")
