@@ -49,10 +49,11 @@ docs: setup
 # The full suite: lint, types, the docs, then every test (unit, integration, slow, and the UI in
 # chromium, which it installs from Debian's packages when missing), in PYTEST_WORKERS
 # processes. --dist loadfile keeps each module in one process, in order, so that a module-scoped
-# fixture (a trained model, a running Airflow cluster) is set up once.
+# fixture (a trained model, a running Airflow cluster) is set up once; --no-loadscope-reorder keeps
+# the order tests/conftest.py gives (the longest modules first), so that no long module starts last.
 PYTEST_WORKERS ?= 2
 test: lint typecheck docs browser
-	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --durations=30
+	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 # The fast subset: unit tests only (no servers, no Airflow DB), about half a minute.
 test-fast: setup

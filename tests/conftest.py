@@ -52,12 +52,29 @@ else:
 MARKERS = {"unit", "integration", "slow"}
 
 
+# The longest modules, longest first (measured in CI): they start first, so that the parallel
+# workers end together instead of one running a long module alone at the end.
+LONGEST_FIRST = (
+    "tests/integration/test_reliability_cluster.py",
+    "tests/integration/test_lineage_ui.py",
+    "tests/integration/test_continuous_training.py",
+    "tests/integration/operators/test_tuning.py",
+    "tests/integration/operators/test_blessing.py",
+    "tests/integration/test_step_cache.py",
+    "tests/integration/operators/test_training_local.py",
+    "tests/integration/test_cluster_harness.py",
+    "tests/integration/triggers/test_dataset_watcher_cluster.py",
+)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     unmarked = [item.nodeid for item in items if not MARKERS & {m.name for m in item.iter_markers()}]
     if unmarked:
         raise pytest.UsageError(
             "Every test needs a marker (unit, integration or slow); unmarked:\n  " + "\n  ".join(unmarked)
         )
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

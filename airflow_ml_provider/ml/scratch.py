@@ -3,7 +3,7 @@ Scratch directories that a killed process does not leave behind for good.
 
 A task process killed with SIGKILL (out of memory, a lost worker, a test) runs no ``finally``:
 its temporary directories stay. Every scratch directory of the provider is created under one root
-(``$AIRFLOW_ML_SCRATCH_DIR``, default ``<tmp>/airflow-ml-provider``) with the host name and the
+(``$AIRFLOW_ML_SCRATCH_DIR``, default ``<tmp>/airflow-ml-provider-scratch``) with the host name and the
 pid of its creator in its name; creating a new one first removes those of this host whose creator
 is dead, so a retry cleans up after the try that was killed.
 """
@@ -26,7 +26,9 @@ SCRATCH_DIR_ENV = "AIRFLOW_ML_SCRATCH_DIR"
 
 def scratch_root() -> str:
     """The folder that holds every scratch directory of the provider on this host."""
-    return os.environ.get(SCRATCH_DIR_ENV) or os.path.join(tempfile.gettempdir(), "airflow-ml-provider")
+    return os.environ.get(SCRATCH_DIR_ENV) or os.path.join(
+        tempfile.gettempdir(), "airflow-ml-provider-scratch"
+    )
 
 
 def _host() -> str:
