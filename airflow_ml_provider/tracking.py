@@ -272,6 +272,9 @@ def tracked_task(
             f"{type(err).__name__}: {err}"
         ) from err
     _record_dataset_versions(run, context)
+    from airflow_ml_provider.freshness import record_run_started
+
+    record_run_started(context, run)
     log.info(
         "MLflow run %s (%s) of task %s, parent run %s%s",
         run.run_id,

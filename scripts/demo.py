@@ -371,6 +371,22 @@ def describe_blessing(client: Any, experiment_id: str, run_id: str, state: str) 
     return f"{verdict}: AUC {auc:.3f}{than} of champion v{baseline['version']}"
 
 
+def describe_freshness(client: Any, experiment_id: str, run_id: str) -> str:
+    """Seconds from the version's completion to each stage (the parent run's freshness metrics)."""
+    runs = client.search_runs(
+        [experiment_id], f"tags.`airflow.run_id` = '{run_id}' and tags.`airflow.role` = 'dag_run'"
+    )
+    if not runs:
+        return "-"
+    metrics = runs[0].data.metrics
+    parts = [
+        f"{label} {metrics[f'freshness.version_to_{stage}_seconds']:.0f}s"
+        for stage, label in (("run_started", "run"), ("trained", "trained"), ("decided", "decided"))
+        if f"freshness.version_to_{stage}_seconds" in metrics
+    ]
+    return ", ".join(parts) or "-"
+
+
 def champion(client: Any) -> str:
     with contextlib.suppress(Exception):
         return f"v{client.get_registered_model(MODEL_NAME).aliases['champion']}"
@@ -378,7 +394,7 @@ def champion(client: Any) -> str:
 
 
 def print_table(rows: list[dict[str, str]]) -> None:
-    columns = ("version", "DAG run", "validation", "blessing", "champion after")
+    columns = ("version", "DAG run", "validation", "blessing", "champion after", "freshness")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
     print()
     print("  ".join(c.ljust(widths[c]) for c in columns))
@@ -445,6 +461,7 @@ def run_story(airflow: Airflow, mlflow_url: str, check: Callable[[], None]) -> l
                     client, experiment_id, run["dag_run_id"], states.get("evaluate", "none")
                 ),
                 "champion after": champion(client),
+                "freshness": describe_freshness(client, experiment_id, run["dag_run_id"]),
             }
         )
     return rows

@@ -79,3 +79,8 @@ def pausing_run_fn(ctx: Any) -> Any:
     if ctx.is_chief:
         pause_once("train")
     return model
+
+
+def succeed(spec: dict[str, Any]) -> dict[str, Any]:
+    """A step that does nothing and succeeds."""
+    return {"ok": True}

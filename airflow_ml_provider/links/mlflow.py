@@ -25,6 +25,14 @@ def _run_url(ti_key: TaskInstanceKey) -> str:
     return str(url) if url else ""
 
 
+def _source_url(ti_key: TaskInstanceKey) -> str:
+    """The MLflow run whose result a cache hit reused (empty when the task ran its step)."""
+    from airflow_ml_provider.cache import XCOM_CACHE_SOURCE_URL
+
+    url = BaseXCom.get_value(ti_key=ti_key, key=XCOM_CACHE_SOURCE_URL)  # type: ignore[arg-type]
+    return str(url) if url else ""
+
+
 class MlflowRunLink(BaseOperatorLink):
     """Open the task instance's MLflow run (the URL its run pushed to XCom)."""
 
@@ -50,7 +58,7 @@ class _RunArtifactLink(BaseOperatorLink):
     path = ""
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
-        url = _run_url(ti_key)
+        url = _source_url(ti_key) or _run_url(ti_key)  # a cache hit's report is in its source run
         return f"{url}/artifacts/{self.path}" if url else ""
 
 

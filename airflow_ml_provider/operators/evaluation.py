@@ -58,7 +58,13 @@ class ModelEvaluationOperator(MLStepOperator):
         task and the tasks downstream; ``"warn"`` logs and returns the record (blessed=False).
     :param engine: ``"auto"``, ``"fast"`` or ``"beam"``.
     :param beam_pipeline_args: Beam options for the Beam engine, e.g. ``["--runner=FlinkRunner"]``.
+    :param cache: reuse the result of an earlier run on the same inputs (see the "Step cache" page); on by
+        default, ``cache=False`` or ``default_args={"cache": False}`` runs it every time.
     """
+
+    cache_by_default = True
+    cache_inputs = ("data_uri",)
+    cache_artifacts = (ARTIFACT_DIR,)
 
     template_fields: Sequence[str] = (
         "candidate_model_uri",
@@ -167,6 +173,7 @@ class ModelEvaluationOperator(MLStepOperator):
         from airflow_ml_provider.versions import triggering_version
 
         self._baseline = self._resolve_baseline(run)
+        self._replaced_by_candidate = self._champion_replaced(run)
         self._output_dir = make_scratch_dir("ml-evaluation")
         config = self.eval_config
         if self.dataset_version is None:
@@ -217,8 +224,66 @@ class ModelEvaluationOperator(MLStepOperator):
         run.hook.client.log_text(
             run.run_id, json.dumps(record, indent=1, default=str), f"{ARTIFACT_DIR}/record.json"
         )
+        return self._apply_policy(context, run, record)
+
+    def step_cache_key(self, step: str, spec: dict[str, Any]) -> str | None:
+        mutable = [
+            u for u in (spec.get("candidate_model_uri"), spec.get("baseline_model_uri")) if u and "@" in u
+        ]
+        if mutable and self.cache_enabled():
+            self.log.info(
+                "Cache: %s names an alias, which can move; not caching this evaluation.", mutable[0]
+            )
+            return None
+        replaced = getattr(self, "_replaced_by_candidate", None)
+        if replaced is not None and self.cache_enabled():
+            # Comparing the champion with itself says nothing: the evaluation that promoted it
+            # (against the version it replaced) stands, and is what the cache looks up.
+            self.log.info(
+                "The candidate already is %s@%s (version %s, which replaced %s): looking up the evaluation "
+                "that promoted it.",
+                self.registered_model_name,
+                self.baseline_alias,
+                (self._baseline or {}).get("version"),
+                replaced,
+            )
+            spec = {k: v for k, v in spec.items() if k != "baseline_model_uri"}
+            if replaced != "none":
+                spec["baseline_model_uri"] = f"models:/{self.registered_model_name}/{replaced}"
+        return super().step_cache_key(step, spec)
+
+    def _champion_replaced(self, run: TaskRun) -> str | None:
+        """
+        When the candidate already is the baseline alias's model (a re-run on the same data that
+        made the same model): the version that model replaced (``"none"`` for the first); else None.
+        """
+        baseline = self._baseline or {}
+        if not baseline.get("version") or not self.cache_enabled():
+            return None
+        try:
+            version = run.hook.client.get_model_version(baseline["model_name"], baseline["version"])
+        except Exception:
+            return None
+        tags = version.tags or {}
+        # MLflow may store a logged model's artifact location as the source; the tag keeps the URI.
+        if str(self.candidate_model_uri) not in (version.source, tags.get("airflow_ml.candidate_model_uri")):
+            return None
+        return tags.get("airflow_ml.replaced_version")
+
+    def cache_extra(self) -> dict[str, Any]:
+        return {"registered_model_name": self.registered_model_name, "dataset_version": self.dataset_version}
+
+    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
+        return self._apply_policy(context, run, result)
+
+    def _apply_policy(self, context: Context, run: TaskRun, record: dict[str, Any]) -> dict[str, Any]:
+        """Return a blessed record; else fail, skip or warn as ``on_not_blessed`` says."""
         if record["blessed"]:
             return record
+        if self.on_not_blessed in ("fail", "skip"):
+            from airflow_ml_provider import freshness
+
+            freshness.record(context, run, "decided", decision="not promoted: the candidate is not blessed")
         from airflow_ml_provider.exceptions import ModelNotBlessed
 
         error = ModelNotBlessed(

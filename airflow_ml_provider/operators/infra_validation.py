@@ -40,7 +40,12 @@ class InfraValidationOperator(MLStepOperator):
     :param timeout: seconds to predict and time once loaded.
     :param on_failure: ``"fail"`` raises :class:`ModelNotBlessed`; ``"skip"`` skips downstream;
         ``"warn"`` records and goes on (a promotion then refuses the model).
+    :param cache: reuse the result of an earlier run for the same model and data (see the "Step
+        cache" page); off by default, since it measures latency on this worker.
     """
+
+    cache_inputs = ("data_uri",)
+    cache_artifacts = (ARTIFACT_DIR,)
 
     template_fields: Sequence[str] = (
         "model_uri",
@@ -134,12 +139,19 @@ class InfraValidationOperator(MLStepOperator):
             "mlflow_run_id": run.run_id,
             "report": report,
         }
+        return self._apply_policy(blessing)
+
+    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
+        return self._apply_policy(result)
+
+    def _apply_policy(self, blessing: dict[str, Any]) -> dict[str, Any]:
+        """Return a blessed record; else fail, skip or warn as ``on_failure`` says."""
         if blessing["blessed"]:
             return blessing
         from airflow_ml_provider.exceptions import ModelNotBlessed
 
         error = ModelNotBlessed(
-            blessing["model_uri"], blessing["failures"], what="infra validation", report=report
+            blessing["model_uri"], blessing["failures"], what="infra validation", report=blessing["report"]
         )
         if self.on_failure == "fail":
             raise error

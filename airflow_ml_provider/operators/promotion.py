@@ -99,6 +99,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
             )
 
     def execute_tracked(self, context: Context, run: TaskRun) -> Any:
+        from airflow_ml_provider import freshness
         from airflow_ml_provider.exceptions import PromotionRefused
 
         self._check_arguments()
@@ -108,15 +109,18 @@ class PromoteModelOperator(MLflowTrackedOperator):
         try:
             expected = self._expected_version(evaluation)
             self._require_blessings(evaluation)
-            return self._promote(context, run, evaluation, expected)
+            summary = self._promote(context, run, evaluation, expected)
         except PromotionRefused as err:
             run.set_tags({"airflow_ml.promotion": "refused", "airflow_ml.promotion_refused": str(err)[:5000]})
             run.flush()
+            freshness.record(context, run, "decided", decision="not promoted: the promotion was refused")
             if self.on_refused == "skip":
                 from airflow.sdk.exceptions import AirflowSkipException
 
                 raise AirflowSkipException(f"{err} -- skipping (on_refused='skip').") from err
             raise
+        freshness.record(context, run, "promoted", decision="promoted")
+        return summary
 
     def _expected_version(self, evaluation: dict[str, Any]) -> str | None:
         """The version of ``alias`` the candidate was evaluated against (None: alias was unset)."""
@@ -178,10 +182,37 @@ class PromoteModelOperator(MLflowTrackedOperator):
         identity = TaskIdentity.from_context(context)
         current = hook.get_alias_version(self.model_name, self.alias)
         current_version = None if current is None else str(current.version)
+        uri = evaluation["candidate_model_uri"]
+        if current is not None and uri in (
+            current.source,
+            (current.tags or {}).get("airflow_ml.candidate_model_uri"),
+        ):
+            # The same model again (a re-run on the same data): nothing to register or move.
+            self.log.info(
+                "%s of %s is already %s (version %s): nothing to do.",
+                self.alias,
+                self.model_name,
+                uri,
+                current_version,
+            )
+            run.set_tags(
+                {"airflow_ml.promotion": "already_champion", "airflow_ml.model_version": str(current_version)}
+            )
+            return {
+                "model_name": self.model_name,
+                "version": str(current_version),
+                "alias": self.alias,
+                "previous_version": expected,
+                "model_uri": f"models:/{self.model_name}/{current_version}",
+                "candidate_model_uri": uri,
+                "registered_now": False,
+                "already_champion": True,
+                "epoch": None,
+                "mlflow_run_id": run.run_id,
+            }
         if current_version != expected:
             # Checked before registering, so a stale candidate leaves no version behind.
             raise alias_changed(self.model_name, self.alias, "(not registered)", expected, current_version)
-        uri = evaluation["candidate_model_uri"]
         version, created = hook.register_version(
             self.model_name,
             uri,
@@ -226,6 +257,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
             "model_uri": f"models:/{self.model_name}/{version.version}",
             "candidate_model_uri": uri,
             "registered_now": created,
+            "already_champion": False,
             "epoch": move.epoch,
             "mlflow_run_id": run.run_id,
         }

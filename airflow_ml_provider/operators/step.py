@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.ml.registry import step_reference
+from airflow_ml_provider.operators._cache import StepCacheMixin
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 
 if TYPE_CHECKING:
@@ -18,7 +19,7 @@ if TYPE_CHECKING:
 RUNNERS = ("in_process", "python")
 
 
-class MLStepOperator(MLflowTrackedOperator):
+class MLStepOperator(StepCacheMixin, MLflowTrackedOperator):
     """
     Run a step (a function from a JSON-able spec to a JSON-able result) and record it in MLflow.
 
@@ -35,6 +36,9 @@ class MLStepOperator(MLflowTrackedOperator):
         worker's own.
     :param step_timeout: seconds after which the step (and its children) is killed.
     :param step_env: extra environment variables for the child interpreter.
+    :param cache: reuse the result of an earlier run of the same step on the same inputs, spec and
+        code (see the "Step cache" page); None takes the operator's default (off here, on for
+        validation and evaluation). ``default_args={"cache": False}`` turns it off for a DAG.
     """
 
     template_fields: Sequence[str] = (
@@ -54,9 +58,11 @@ class MLStepOperator(MLflowTrackedOperator):
         python: str | None = None,
         step_timeout: float | None = None,
         step_env: dict[str, str] | None = None,
+        cache: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.cache = cache
         self.step = step
         self.spec = spec
         self.runner = runner
@@ -100,8 +106,17 @@ class MLStepOperator(MLflowTrackedOperator):
         run.set_tags({"airflow_ml.step": self.step})
         run.flush()
         run.hook.client.log_text(run.run_id, json.dumps(spec, indent=2, sort_keys=True), "step/spec.json")
+        key = self.step_cache_key(self.step, spec)
+        hit = self.find_cached(run, key)
+        if key is not None and hit is not None:
+            return self.replay_cached(context, run, key, hit)
         result = self.run_step(spec, run)
-        return self.handle_result(context, run, spec, result)
+        value = self.handle_result(context, run, spec, result)
+        self.record_cached(run, key, self.step, value)
+        return value
+
+    def cache_code(self, spec: dict[str, Any]) -> list[str]:
+        return [self.step] if ":" in self.step else []
 
     def run_step(self, spec: dict[str, Any], run: TaskRun) -> dict[str, Any]:
         """Run the step with the configured runner, its log streaming into the task log."""

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.ml.training.step import STRATEGIES
+from airflow_ml_provider.operators._cache import StepCacheMixin
 from airflow_ml_provider.operators._gang import WorkerGangOperator
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:
 STEP = "train_model"
 
 
-class DistributedTrainingOperator(WorkerGangOperator):
+class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
     """
     Train a TensorFlow model with a ``run_fn(ctx)`` of yours, on one or many workers.
 
@@ -59,6 +60,8 @@ class DistributedTrainingOperator(WorkerGangOperator):
     :param training_timeout: seconds after which the gang is stopped: the local processes are
         killed; on Kubernetes it is the Job's ``activeDeadlineSeconds``.
     :param worker_env: extra environment variables of every worker (local processes and pods).
+    :param cache: reuse the model of an earlier run with the same data, spec, workers and
+        ``run_fn`` source file (see the "Step cache" page); off by default.
     :param kubernetes_conn_id: the ``kubernetes`` connection (cncf provider).
     :param image: the pods' image; it must hold TensorFlow, this provider and ``run_fn``'s module (templated).
     :param namespace: where the Job and Service go (templated).
@@ -98,6 +101,9 @@ class DistributedTrainingOperator(WorkerGangOperator):
     )
     gang_step = STEP
     gang_label = "Training gang"
+    cache_inputs = ("train_uri", "eval_uri", "schema_uri", "warm_start_from")
+    cache_volatile = (*StepCacheMixin.cache_volatile, "dataset_version", "model_dir")
+    cache_artifacts = ("training",)
     template_fields_renderers = {"hyperparameters": "json", "custom_config": "json"}
     ui_color = "#f6e3c9"
 
@@ -116,9 +122,11 @@ class DistributedTrainingOperator(WorkerGangOperator):
         model_dir: str | None = None,
         seed: int | None = None,
         training_timeout: float | None = None,
+        cache: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        self.cache = cache
         self.run_fn = run_fn
         self.train_uri = train_uri
         self.eval_uri = eval_uri
@@ -196,9 +204,39 @@ class DistributedTrainingOperator(WorkerGangOperator):
         self._check_arguments()
         spec = self.build_spec(context, run)
         self._log_start(run, spec)
+        key = self.step_cache_key(STEP, spec)
+        hit = self.find_cached(run, key)
+        if key is not None and hit is not None:
+            return self._trained(context, run, self.replay_cached(context, run, key, hit))
         if self.launcher == "local":
-            return self._finish(run, self._run_local(run, spec))
+            value = self._finish(run, self._run_local(run, spec))
+            self.record_cached(run, key, STEP, value)
+            return self._trained(context, run, value)
         return self.run_pod_gang(context, run, spec)
+
+    def _trained(self, context: Context, run: TaskRun, value: dict[str, Any]) -> dict[str, Any]:
+        from airflow_ml_provider import freshness
+
+        freshness.record(context, run, "trained")
+        return value
+
+    # -- the step cache (off by default: training is costly but rarely bit-for-bit repeatable) --
+
+    def cache_code(self, spec: dict[str, Any]) -> list[str]:
+        return [self.run_fn]
+
+    def cache_extra(self) -> dict[str, Any]:
+        return {"launcher": self.launcher, "workers": self.workers, "image": getattr(self, "image", None)}
+
+    def cache_hit_usable(self, run: TaskRun, hit: Any) -> bool:
+        uri = str((hit.result or {}).get("model_uri") or "")
+        if not uri.startswith("models:/m-"):
+            return bool(uri)
+        model_id = uri[len("models:/") :]
+        try:
+            return bool(run.hook.client.list_logged_model_artifacts(model_id))
+        except Exception:
+            return False
 
     def _finish(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:
         """The XCom value: where the model is and how training went."""
@@ -238,7 +276,10 @@ class DistributedTrainingOperator(WorkerGangOperator):
         return self.training_timeout
 
     def gang_succeeded(self, context: Context, run: TaskRun) -> Any:
-        return self._finish(run, self._result_from_run(run))
+        value = self._finish(run, self._result_from_run(run))
+        if self.cache_enabled():
+            self.record_cached(run, self.step_cache_key(STEP, self.build_spec(context, run)), STEP, value)
+        return self._trained(context, run, value)
 
     def _result_from_run(self, run: TaskRun) -> dict[str, Any]:
         """The chief's result, which it logged to the task's run (a pod's files are gone)."""

@@ -50,7 +50,14 @@ class DataValidationOperator(MLStepOperator):
     :param engine: ``"in_memory"`` (chunked, default) or ``"beam"``.
     :param beam_pipeline_args: Beam pipeline options for ``engine="beam"``, e.g. ``["--runner=FlinkRunner"]``.
     :param chunk_rows: rows per chunk of the in-memory engine.
+    :param cache: reuse the result of an earlier run on the same inputs (see the "Step cache" page); on by
+        default, ``cache=False`` or ``default_args={"cache": False}`` runs it every time.
     """
+
+    cache_by_default = True
+    cache_inputs = ("data_uri", "schema_uri", "previous_statistics_uri", "serving_statistics_uri")
+    cache_content_inputs = ("previous_statistics_uri", "serving_statistics_uri")  # fetched copies
+    cache_artifacts = (ARTIFACT_DIR,)
 
     template_fields: Sequence[str] = (
         "data_uri",
@@ -144,15 +151,24 @@ class DataValidationOperator(MLStepOperator):
         if not anomalies:
             self.log.info("%s: %d examples, no anomalies.", self.data_uri, summary["example_count"])
             return summary
-        self._report_anomalies(summary)
+        self._report_anomalies(context, run, summary)
         return summary
 
-    def _report_anomalies(self, summary: dict[str, Any]) -> None:
+    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
+        if result.get("anomalies"):
+            self._report_anomalies(context, run, result)
+        return result
+
+    def _report_anomalies(self, context: Context, run: TaskRun, summary: dict[str, Any]) -> None:
         from airflow.sdk.exceptions import AirflowSkipException
 
         from airflow_ml_provider.exceptions import DataValidationFailed
 
         error = DataValidationFailed(str(self.data_uri), summary["anomalies"], summary["report"])
+        if self.on_anomaly in ("fail", "skip"):
+            from airflow_ml_provider import freshness
+
+            freshness.record(context, run, "decided", decision="not promoted: anomalies in the data")
         if self.on_anomaly == "fail":
             raise error
         if self.on_anomaly == "skip":

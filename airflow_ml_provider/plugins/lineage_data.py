@@ -81,8 +81,8 @@ def collect_lineage(
     :param dag_id: the DAG.
     :param run_id: the DAG run.
     :param experiment_ids: the MLflow experiments to search (those the run's tasks logged to).
-    :return: ``{"dag_id", "run_id", "experiment_url", "parent", "dataset", "stages", "blessing",
-        "empty"}``; ``stages`` is a list of dicts with ``stage``, ``title``, ``task_id``, ``status``,
+    :return: ``{"dag_id", "run_id", "experiment_url", "parent", "dataset", "freshness", "stages",
+        "blessing", "empty"}``; ``stages`` is a list of dicts with ``stage``, ``title``, ``task_id``, ``status``,
         ``run_url`` and a stage-specific ``details`` dict.
     """
     experiment_ids = sorted({str(e) for e in experiment_ids if e})
@@ -94,6 +94,7 @@ def collect_lineage(
         "dataset": [],
         "stages": [],
         "blessing": None,
+        "freshness": None,
         "empty": True,
     }
     if not experiment_ids:
@@ -111,13 +112,14 @@ def collect_lineage(
     if parent is not None:
         lineage["parent"] = _run_info(hook, parent)
         lineage["dataset"] = _dataset_versions(parent.data.tags)
+        lineage["freshness"] = _freshness(parent)
     stages = []
     for run in tasks:
         stage = _stage_of(run)
         if stage is None:
             continue
         entry = {**_run_info(hook, run), "stage": stage, "title": STAGE_TITLES[stage]}
-        entry["details"] = _DETAILS[stage](hook, run)
+        entry["details"] = _DETAILS[stage](hook, _details_run(hook, run))
         entry["ok"] = _ok(stage, entry)
         stages.append(entry)
     order = list(STAGES.values())
@@ -222,7 +224,43 @@ def _run_info(hook: MlflowHook, run: Run) -> dict[str, Any]:
         "try_number": tags.get(TAG_TRY),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
+        "cache_hit": tags.get("airflow_ml.cache_hit") == "true",
+        "cache_source_run_id": tags.get("airflow_ml.cache_source_run_id"),
+        "cache_source_url": tags.get("airflow_ml.cache_source_url"),
     }
+
+
+def _details_run(hook: MlflowHook, run: Run) -> Run:
+    """The run that holds a stage's records: a cache hit's are in the run whose result it reused."""
+    source = run.data.tags.get("airflow_ml.cache_source_run_id")
+    if run.data.tags.get("airflow_ml.cache_hit") != "true" or not source:
+        return run
+    try:
+        return hook.client.get_run(source)
+    except Exception:
+        log.warning("Lineage: the source run %s of cache hit %s is gone", source, run.info.run_id)
+        return run
+
+
+FRESHNESS_LABELS = {
+    "run_started": "DAG run started",
+    "trained": "model trained",
+    "promoted": "champion moved",
+    "decided": "decision made",
+}
+
+
+def _freshness(parent: Run) -> dict[str, Any] | None:
+    """The parent run's freshness figures (see airflow_ml_provider.freshness), in stage order."""
+    metrics = parent.data.metrics
+    stages = [
+        {"stage": stage, "label": label, "seconds": float(metrics[f"freshness.version_to_{stage}_seconds"])}
+        for stage, label in FRESHNESS_LABELS.items()
+        if f"freshness.version_to_{stage}_seconds" in metrics
+    ]
+    if not stages:
+        return None
+    return {"stages": stages, "decision": parent.data.tags.get("freshness.decision")}
 
 
 def _stage_of(run: Run) -> str | None:

@@ -11,6 +11,7 @@ is tested in tests/integration/triggers/test_dataset_watcher_cluster.py.)
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,7 @@ from airflow_ml_provider.ml.datagen import generate_dataset
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 EXAMPLES = Path(__file__).parents[2] / "dags_examples"
+FRESHNESS_STAGES = ("run_started", "trained", "promoted", "decided")
 PIPELINE = ("validate", "train", "evaluate", "infra_validate", "promote")
 # The optional tuning: the branch, and tune (run when params.tune_trials > 0).
 TUNING = ("tune_or_train", "tune")
@@ -37,9 +39,11 @@ def test_continuous_training_tunes_bootstraps_a_champion_then_stops_a_schema_bre
     params = {"state_root": str(tmp_path / "state"), "model_name": model, "epochs": 2, "workers": 2}
 
     [v1] = generate_dataset({"root": str(root), "versions": [1], "rows": 3000})["versions"]
+    completed = datetime.fromtimestamp((Path(v1["uri"]) / "_SUCCESS").stat().st_mtime, UTC).isoformat()
+    version = {"version": v1["version"], "uri": v1["uri"], "completed_at": completed}
     first = run_dag(
         load_dag("continuous_training", EXAMPLES),
-        conf={**params, "tune_trials": 2, "dataset_version": {"version": v1["version"], "uri": v1["uri"]}},
+        conf={**params, "tune_trials": 2, "dataset_version": version},
     )
     assert task_states(first) == dict.fromkeys((*PIPELINE, *TUNING), "success")
     assert (tmp_path / "state" / "schema" / "schema.pbtxt").exists()  # bootstrapped by v1
@@ -59,6 +63,10 @@ def test_continuous_training_tunes_bootstraps_a_champion_then_stops_a_schema_bre
     assert {first.run_id, *PIPELINE, "tune"} <= {r.info.run_name for r in runs}  # the branch is a plain @task
     parent = next(r for r in runs if r.info.run_name == first.run_id)
     assert any(v == "0001" for k, v in parent.data.tags.items() if k.startswith("dataset."))
+    # Freshness: seconds from the version's completion to each stage, on the parent run.
+    seconds = [parent.data.metrics[f"freshness.version_to_{s}_seconds"] for s in FRESHNESS_STAGES]
+    assert 0 <= seconds[0] <= seconds[1] <= seconds[2] == seconds[3], seconds
+    assert parent.data.tags["freshness.decision"] == "promoted"
 
     # The extra links the Airflow UI shows open the records this run made.
     by_task = {r.data.tags.get("airflow.task_id"): r for r in runs}

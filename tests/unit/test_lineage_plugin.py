@@ -123,6 +123,41 @@ def test_dataset_versions_from_the_parent_runs_tags():
     ]
 
 
+def test_freshness_figures_in_stage_order_with_the_decision():
+    parent = SimpleNamespace(
+        data=SimpleNamespace(
+            metrics={
+                "freshness.version_to_decided_seconds": 95.0,
+                "freshness.version_to_run_started_seconds": 1.5,
+                "freshness.version_to_trained_seconds": 60.25,
+                "rows": 3.0,
+            },
+            tags={"freshness.decision": "not promoted: the candidate is not blessed"},
+        )
+    )
+    assert lineage_data._freshness(parent) == {
+        "stages": [
+            {"stage": "run_started", "label": "DAG run started", "seconds": 1.5},
+            {"stage": "trained", "label": "model trained", "seconds": 60.25},
+            {"stage": "decided", "label": "decision made", "seconds": 95.0},
+        ],
+        "decision": "not promoted: the candidate is not blessed",
+    }
+    assert lineage_data._freshness(SimpleNamespace(data=SimpleNamespace(metrics={}, tags={}))) is None
+
+
+def test_a_cache_hit_shows_the_records_of_the_run_it_reused():
+    source = _run({"airflow_ml.step": "validate_data"})
+    hit = SimpleNamespace(
+        info=SimpleNamespace(run_id="hit"),
+        data=SimpleNamespace(tags={"airflow_ml.cache_hit": "true", "airflow_ml.cache_source_run_id": "src"}),
+    )
+    hook = SimpleNamespace(client=SimpleNamespace(get_run=lambda run_id: source if run_id == "src" else None))
+    assert lineage_data._details_run(hook, hit) is source
+    ran = _run({"airflow_ml.cache_hit": "false"})
+    assert lineage_data._details_run(hook, ran) is ran
+
+
 def _stage(stage: str, status: str = "FINISHED", **details: Any) -> dict[str, Any]:
     return {"stage": stage, "status": status, "details": details}
 
@@ -164,11 +199,16 @@ def test_every_field_the_page_shows_is_escaped():
     ref = {"mlflow_run_id": "abc", "path": "validation/report.html"}
     common = {"status": "FINISHED", "ok": False, "task_id": HOSTILE, "map_index": -1, "try_number": "1"}
     common["run_url"] = f"javascript:{HOSTILE}"
+    common.update(cache_hit=True, cache_source_run_id=HOSTILE, cache_source_url=f"javascript:{HOSTILE}")
     lineage = {
         "empty": False,
         "parent": None,
         "experiment_url": None,
         "dataset": [{"asset": HOSTILE, "version": HOSTILE, "uri": HOSTILE}],
+        "freshness": {
+            "stages": [{"stage": "trained", "label": HOSTILE, "seconds": 1.0}],
+            "decision": HOSTILE,
+        },
         "blessing": {
             "blessed": False,
             "model_blessed": False,
