@@ -68,6 +68,7 @@ BENCHMARKS = (
     Benchmark("training", ("--rows", "20000", "--epochs", "2")),
     Benchmark("evaluation", ("--rows", "20000", "--large-rows", "100000", "--repeat", "1", "--skip-beam")),
     Benchmark("tuning", ("--seeds", "2", "--trials", "12", "--rows", "10000")),
+    Benchmark("cache", ("--rows", "2000", "--epochs", "1")),
 )
 
 
