@@ -73,12 +73,3 @@ def log_churn_model(tracking_uri: str, experiment: str, data_uri: str, quality: 
             model, name="model", pyfunc_predict_fn="predict_proba", pip_requirements=["scikit-learn"]
         )
     return str(info.model_uri)
-
-
-def run_blessing_dag(label: str, conn_json: str, conf: dict[str, Any], out: Any) -> None:
-    """Child process body: one ``blessing_pipeline`` run; puts (label, {states, run_id})."""
-    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = conn_json
-    from harness import load_dag, task_states
-
-    dag_run = load_dag("blessing_pipeline").test(run_conf=conf)
-    out.put((label, {"states": task_states(dag_run), "run_id": dag_run.run_id}))

@@ -1,31 +1,16 @@
-"""DAGs for the evaluation and promotion tests: evaluate -> (barrier) -> promote, and a crash."""
+"""DAGs for the evaluation and promotion tests: evaluate -> promote, and a crash."""
 
 from __future__ import annotations
 
-import time
 from datetime import timedelta
-from pathlib import Path
 
-from airflow.sdk import DAG, task
+from airflow.sdk import DAG
 from model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator
 
-PARAMS = {"candidate_uri": "", "data_uri": "", "model_name": "", "barrier_dir": "", "peers": 1}
-
-
-@task
-def barrier(barrier_dir: str, peers: int, run_id: str | None = None) -> None:
-    """Hold until ``peers`` DAG runs got here: forces concurrent promotions in the race test."""
-    if not barrier_dir:
-        return
-    Path(barrier_dir, str(run_id).replace(":", "_")).touch()
-    deadline = time.monotonic() + 180
-    while len(list(Path(barrier_dir).iterdir())) < int(peers):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"barrier {barrier_dir}: peers did not arrive")
-        time.sleep(0.05)
+PARAMS = {"candidate_uri": "", "data_uri": "", "model_name": ""}
 
 
 class PromoteThatCrashesOnce(PromoteModelOperator):
@@ -54,11 +39,9 @@ def _evaluate() -> ModelEvaluationOperator:
 
 with DAG(dag_id="blessing_pipeline", schedule=None, render_template_as_native_obj=True, params=PARAMS):
     evaluate = _evaluate()
-    gate = barrier("{{ params.barrier_dir }}", "{{ params.peers }}", run_id="{{ run_id }}")
-    promote = PromoteModelOperator(
+    PromoteModelOperator(
         task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
     )
-    evaluate >> gate >> promote
 
 with DAG(
     dag_id="blessing_crash_after_register", schedule=None, render_template_as_native_obj=True, params=PARAMS

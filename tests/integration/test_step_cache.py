@@ -107,6 +107,7 @@ def test_cache_off_per_task_and_per_dag(airflow_db, mlflow_conn, mlflow_client, 
     for dag_id in ("cache_validation_off", "cache_validation_dag_off"):
         dag = load_dag(dag_id)
         conf = _conf(data, schema_uri=str(tmp_path / f"{dag_id}.pbtxt"))
+        # Three runs: the first stores the schema, which the second reads; the third would hit.
         runs = [_task_run(mlflow_client, conf, run_dag(dag, conf=conf), "validate") for _ in range(3)]
         assert [TAG_CACHE_HIT in r.data.tags for r in runs] == [False] * 3, dag_id
         assert all("validation" in _artifacts(mlflow_client, r) for r in runs)

@@ -7,12 +7,11 @@ Real scikit-learn models served by mlflow.pyfunc, real TFMA semantics, a real ml
 from __future__ import annotations
 
 import json
-import multiprocessing
 import uuid
 
 import pytest
-from harness import load_dag, postgres_base_url, run_dag, task_states, task_xcom
-from model_fixtures import churn_version, log_churn_model, run_blessing_dag
+from harness import load_dag, run_dag, task_states, task_xcom
+from model_fixtures import churn_version, log_churn_model
 
 pytestmark = pytest.mark.slow
 
@@ -80,7 +79,6 @@ def test_first_model_then_better_is_promoted_worse_is_not(
     worse = run_dag(dag, conf=_conf(churn, name, "medium"), expect="failed")
     assert task_states(worse) == {
         "evaluate": "failed",
-        "barrier": "upstream_failed",
         "promote": "upstream_failed",
     }
     run = mlflow_client.search_runs(
@@ -111,63 +109,3 @@ def test_retry_after_crash_between_register_and_alias(
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 1
     assert _champion(mlflow_client, name) == "1"
     record_property("measured", "promote ran twice (try 2): 1 registered version, champion moved once to it")
-
-
-def test_two_dag_runs_promoting_at_once(
-    airflow_db, mlflow_conn, mlflow_client, churn, tmp_path, record_property
-):
-    """Both evaluate against the same champion, then promote together: exactly one wins."""
-    if not postgres_base_url():
-        pytest.skip("needs PostgreSQL (concurrent Airflow task runs and mlflow server backend)")
-    name = f"churn_{uuid.uuid4().hex[:6]}"
-    dag = load_dag("blessing_pipeline")
-    run_dag(dag, conf=_conf(churn, name, "weak"))
-    assert _champion(mlflow_client, name) == "1"
-
-    barrier_dir = tmp_path / "barrier"
-    barrier_dir.mkdir()
-    ctx = multiprocessing.get_context("spawn")
-    out = ctx.Queue()
-    procs = {
-        quality: ctx.Process(
-            target=run_blessing_dag,
-            args=(
-                quality,
-                mlflow_conn.connection_json(),
-                _conf(churn, name, quality, barrier_dir=str(barrier_dir), peers=2),
-                out,
-            ),
-        )
-        for quality in ("medium", "good")
-    }
-    for proc in procs.values():
-        proc.start()
-    results = dict(out.get(timeout=400) for _ in procs)
-    for proc in procs.values():
-        proc.join(timeout=60)
-    states = {quality: result["states"] for quality, result in results.items()}
-    assert all(s["evaluate"] == "success" for s in states.values()), states
-    winners = [q for q, s in states.items() if s["promote"] == "success"]
-    assert len(winners) == 1, states
-    loser = next(q for q in states if q not in winners)
-    assert states[loser]["promote"] == "failed"
-    experiment_id = mlflow_client.get_experiment_by_name("blessing_pipeline").experiment_id
-    (refused,) = mlflow_client.search_runs(
-        [experiment_id],
-        f"tags.`airflow.run_id` = '{results[loser]['run_id']}' and tags.`airflow.task_id` = 'promote'",
-    )
-    assert refused.data.tags["airflow_ml.promotion"] == "refused"
-    assert "Re-evaluate" in refused.data.tags["airflow_ml.promotion_refused"]
-    champion = mlflow_client.get_model_version(name, _champion(mlflow_client, name))
-    assert champion.tags["airflow_ml.candidate_model_uri"] == churn["models"][winners[0]]
-    assert _champion(mlflow_client, name, "previous_champion") == "1"
-
-    # The loser re-evaluates against the new champion: promoted if better, refused if worse.
-    run_dag(dag, conf=_conf(churn, name, loser), expect=None)
-    champion = mlflow_client.get_model_version(name, _champion(mlflow_client, name))
-    assert champion.tags["airflow_ml.candidate_model_uri"] == churn["models"]["good"]
-    record_property(
-        "measured",
-        f"2 DAG runs promoted at once from champion 1: 1 won, 1 refused (re-evaluate); after the loser's "
-        f"re-evaluation the champion is the better model ({len(mlflow_client.search_model_versions(f'name = {name!r}'))} versions)",
-    )

@@ -3,8 +3,8 @@ The example DAG on a real cluster: a version written by the demo generator start
 
 A real api-server, scheduler, dag-processor and triggerer on PostgreSQL run the example DAG
 ``example_dataset_versions`` (an asset with a DatasetVersionTrigger watcher) against a real
-mlflow server. Then a burst of versions lands while the triggerer restarts: every version must
-be covered by exactly one DAG run (its own, or one Airflow merged it into).
+mlflow server. (Bursts of versions across a triggerer SIGKILL and storage faults, 200 versions on
+20 assets, are in tests/integration/test_reliability_cluster.py.)
 """
 
 from __future__ import annotations
@@ -95,40 +95,3 @@ def test_a_new_version_starts_the_example_dag_by_itself(env: Env, mlflow_client:
         f"tags.`airflow.run_id` = '{run['run_id']}' and tags.`airflow.role` = 'task'",
     )
     assert task.data.metrics["rows"] == 200.0  # it read the version the event named
-
-
-def test_burst_across_a_triggerer_restart_covers_every_version_once(env: Env, record_property):
-    before = {r["run_id"] for r in env.cluster.dag_runs(DAG_ID)}
-    burst = list(range(2, 12))  # ten versions in about ten seconds
-    for version in burst[:5]:
-        land(env, [version])
-        time.sleep(1.0)
-    env.cluster.restart_component("triggerer")
-    for version in burst[5:]:
-        land(env, [version])
-        time.sleep(1.0)
-    expected = [f"{v:04d}" for v in burst]
-
-    def all_covered() -> dict[str, list[str]] | None:
-        covered = {run: vs for run, vs in covered_versions(env).items() if run not in before}
-        seen = sorted(v for vs in covered.values() for v in vs)
-        return covered if set(seen) >= set(expected) else None
-
-    covered = env.cluster.wait_for(all_covered, timeout=180, what="every version of the burst in a DAG run")
-    time.sleep(8)  # anything delivered twice would show up by now
-    covered = {run: vs for run, vs in covered_versions(env).items() if run not in before}
-    seen = sorted(v for vs in covered.values() for v in vs)
-    print(
-        f"\nburst of 10 across a triggerer restart: {len(covered)} runs, versions per run {sorted(covered.values())}"
-    )
-    assert seen == expected, f"missing or repeated versions: {seen}"
-    record_property(
-        "measured", f"10 versions, {len(covered)} DAG runs: each version covered once, none missed"
-    )
-    env.cluster.wait_for(
-        lambda: all(r["state"] in ("success", "failed") for r in env.cluster.dag_runs(DAG_ID)) or None,
-        timeout=240,
-        what="all runs finished",
-    )
-    states = {r["run_id"]: r["state"] for r in env.cluster.dag_runs(DAG_ID) if r["run_id"] not in before}
-    assert set(states.values()) == {"success"}, states
