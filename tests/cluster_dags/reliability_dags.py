@@ -22,6 +22,7 @@ from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Asset, AssetWatcher
+from model_fixtures import EVAL_CONFIG
 from steps_for_tests import pause_once
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
@@ -32,24 +33,6 @@ from airflow_ml_provider.triggers.dataset import DatasetVersionTrigger
 
 WATCH_ROOT = os.environ.get("ML_TEST_WATCH_ROOT", "/tmp/airflow-ml-provider/reliability-watch")
 WATCHED_ASSETS = int(os.environ.get("ML_TEST_WATCHED_ASSETS", "20"))
-EVAL_CONFIG: dict[str, Any] = {
-    "model_specs": [{"label_key": "label"}],
-    "slicing_specs": [{}, {"feature_keys": ["region"]}],
-    "metrics_specs": [
-        {
-            "metrics": [
-                {"class_name": "ExampleCount"},
-                {
-                    "class_name": "AUC",
-                    "threshold": {
-                        "value_threshold": {"lower_bound": 0.55},
-                        "change_threshold": {"direction": "HIGHER_IS_BETTER", "absolute": -0.002},
-                    },
-                },
-            ]
-        }
-    ],
-}
 
 
 def _install_pause_points() -> None:
