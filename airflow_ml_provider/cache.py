@@ -190,11 +190,8 @@ def find_hit(run: TaskRun, key: str, required_artifacts: Iterable[str] = ()) -> 
     )
     for source in candidates:
         source_id = str(source.info.run_id)
-        missing = [
-            path
-            for path in (RESULT_ARTIFACT_DIR, *required_artifacts)
-            if not hook.client.list_artifacts(source_id, path)
-        ]
+        # The cached result itself is checked by downloading it (_read_result), not listed first.
+        missing = [path for path in required_artifacts if not hook.client.list_artifacts(source_id, path)]
         if missing:
             log.info(
                 "Cache: run %s had this key but its artifacts %s are gone; not reusing it", source_id, missing
