@@ -22,7 +22,7 @@ import json
 import logging
 import os
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider import __version__
@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# MLflow run statuses of a run that ended (with or without its gate passing).
+ENDED = ("FINISHED", "FAILED", "KILLED")
 TAG_CACHE_KEY = "airflow_ml.cache_key"
 TAG_CACHE_HIT = "airflow_ml.cache_hit"
 TAG_CACHE_SOURCE = "airflow_ml.cache_source_run_id"
@@ -172,11 +174,18 @@ class CacheHit:
     run_id: str
     url: str | None
     result: Any
+    # The source run's metrics (last values), copied onto the hit's run so runs compare in MLflow.
+    metrics: dict[str, float] = field(default_factory=dict)
 
 
 def find_hit(run: TaskRun, key: str, required_artifacts: Iterable[str] = ()) -> CacheHit | None:
     """
-    The newest FINISHED run of ``run``'s experiment tagged with ``key`` whose artifacts still exist.
+    The newest ended run of ``run``'s experiment tagged with ``key`` whose artifacts still exist.
+
+    A run is tagged with the key only once its result is recorded (:func:`record`), after the
+    step's artifacts are logged; so a FAILED source is one whose gate failed on a complete result
+    (anomalies, a candidate not blessed), which a re-run on the same inputs reuses and fails on
+    the same way. A RUNNING source may be a try still applying its policy: passed over.
 
     :param required_artifacts: artifact folders the source run must still hold (besides the
         cached result); a source whose artifacts were deleted is passed over, with a log line.
@@ -184,7 +193,7 @@ def find_hit(run: TaskRun, key: str, required_artifacts: Iterable[str] = ()) -> 
     hook = run.hook
     found = hook.find_runs(run.experiment_id, {TAG_CACHE_KEY: key})
     candidates = sorted(
-        (r for r in found if r.info.status == "FINISHED" and r.info.run_id != run.run_id),
+        (r for r in found if r.info.status in ENDED and r.info.run_id != run.run_id),
         key=lambda r: r.info.start_time or 0,
         reverse=True,
     )
@@ -200,7 +209,8 @@ def find_hit(run: TaskRun, key: str, required_artifacts: Iterable[str] = ()) -> 
         document = _read_result(run, source_id)
         if document is None:
             continue
-        return CacheHit(source_id, hook.run_url(run.experiment_id, source_id), document["result"])
+        metrics = {str(k): float(v) for k, v in (source.data.metrics or {}).items()}
+        return CacheHit(source_id, hook.run_url(run.experiment_id, source_id), document["result"], metrics)
     return None
 
 

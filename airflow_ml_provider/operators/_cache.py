@@ -94,6 +94,8 @@ class StepCacheMixin:
             # The report links (extra links) open the source run, where the reports are.
             context["ti"].xcom_push(key=XCOM_CACHE_SOURCE_URL, value=hit.url)
         run.set_tags(tags)
+        if hit.metrics:
+            run.log_metrics(hit.metrics)
         run.flush()
         self.log.info(
             "Cache hit: the same inputs were processed by MLflow run %s%s; reusing its result instead of "
@@ -106,7 +108,15 @@ class StepCacheMixin:
         return self.after_cache_hit(context, run, hit.result)
 
     def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
-        """Apply the operator's policy (warn, skip, fail) to a cached result; return the XCom value."""
+        """What a hit returns: the operator's policy applied to the cached result."""
+        return self.apply_policy(context, run, result)
+
+    def apply_policy(self, context: Context, run: TaskRun, result: Any) -> Any:
+        """
+        Fail, skip or warn on a result (computed or cached) as the operator's policy says; return
+        the XCom value. Runs after the result is recorded, so a gate that fails still leaves a
+        result that a re-run on the same inputs reuses.
+        """
         return result
 
     def record_cached(self, run: TaskRun, key: str | None, step: str, result: Any) -> None:

@@ -224,7 +224,7 @@ class ModelEvaluationOperator(MLStepOperator):
         run.hook.client.log_text(
             run.run_id, json.dumps(record, indent=1, default=str), f"{ARTIFACT_DIR}/record.json"
         )
-        return self._apply_policy(context, run, record)
+        return record
 
     def step_cache_key(self, step: str, spec: dict[str, Any]) -> str | None:
         mutable = [
@@ -273,10 +273,7 @@ class ModelEvaluationOperator(MLStepOperator):
     def cache_extra(self) -> dict[str, Any]:
         return {"registered_model_name": self.registered_model_name, "dataset_version": self.dataset_version}
 
-    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
-        return self._apply_policy(context, run, result)
-
-    def _apply_policy(self, context: Context, run: TaskRun, record: dict[str, Any]) -> dict[str, Any]:
+    def apply_policy(self, context: Context, run: TaskRun, record: dict[str, Any]) -> dict[str, Any]:
         """Return a blessed record; else fail, skip or warn as ``on_not_blessed`` says."""
         if record["blessed"]:
             return record

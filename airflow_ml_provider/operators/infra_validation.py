@@ -139,12 +139,9 @@ class InfraValidationOperator(MLStepOperator):
             "mlflow_run_id": run.run_id,
             "report": report,
         }
-        return self._apply_policy(blessing)
+        return blessing
 
-    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
-        return self._apply_policy(result)
-
-    def _apply_policy(self, blessing: dict[str, Any]) -> dict[str, Any]:
+    def apply_policy(self, context: Context, run: TaskRun, blessing: dict[str, Any]) -> dict[str, Any]:
         """Return a blessed record; else fail, skip or warn as ``on_failure`` says."""
         if blessing["blessed"]:
             return blessing

@@ -113,7 +113,7 @@ class MLStepOperator(StepCacheMixin, MLflowTrackedOperator):
         result = self.run_step(spec, run)
         value = self.handle_result(context, run, spec, result)
         self.record_cached(run, key, self.step, value)
-        return value
+        return self.apply_policy(context, run, value)
 
     def cache_code(self, spec: dict[str, Any]) -> list[str]:
         return [self.step] if ":" in self.step else []

@@ -150,11 +150,9 @@ class DataValidationOperator(MLStepOperator):
             )
         if not anomalies:
             self.log.info("%s: %d examples, no anomalies.", self.data_uri, summary["example_count"])
-            return summary
-        self._report_anomalies(context, run, summary)
         return summary
 
-    def after_cache_hit(self, context: Context, run: TaskRun, result: Any) -> Any:
+    def apply_policy(self, context: Context, run: TaskRun, result: Any) -> Any:
         if result.get("anomalies"):
             self._report_anomalies(context, run, result)
         return result

@@ -36,6 +36,15 @@ def _validate(**kwargs) -> DataValidationOperator:  # type: ignore[no-untyped-de
 with DAG("cache_validation", schedule=None, params=PARAMS, render_template_as_native_obj=True):
     _validate()
 
+with DAG("cache_validation_gate", schedule=None, params=PARAMS, render_template_as_native_obj=True):
+    DataValidationOperator(
+        task_id="validate",
+        data_uri="{{ params.data_uri }}",
+        schema_uri="{{ params.schema_uri }}",
+        on_anomaly="fail",
+        **TRACKING,
+    )
+
 with DAG("cache_validation_off", schedule=None, params=PARAMS, render_template_as_native_obj=True):
     _validate(cache=False)
 

@@ -75,8 +75,22 @@ def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, m
     assert runs["validate_v2_fail"].info.status == "FAILED"
     assert runs["validate_v2_skip"].info.status == "FINISHED"
     assert runs["validate_v2_skip"].data.tags["airflow.state"] == "skipped"
+    # The three gates validate the same version with the same spec: the first to run computes, the
+    # other two reuse its result from the step cache (their runs link the source, which holds the files).
+    v2 = ("validate_v2_fail", "validate_v2_skip", "validate_v2_warn")
+    computed = [name for name in v2 if runs[name].data.tags.get("airflow_ml.cache_hit") == "false"]
+    assert len(computed) == 1, {name: runs[name].data.tags.get("airflow_ml.cache_hit") for name in v2}
+    source_id = runs[computed[0]].info.run_id
+    for name in v2:
+        if name != computed[0]:
+            assert runs[name].data.tags["airflow_ml.cache_hit"] == "true", name
+            assert runs[name].data.tags["airflow_ml.cache_source_run_id"] == source_id, name
+    evidence = {
+        name: runs[name].data.tags.get("airflow_ml.cache_source_run_id", runs[name].info.run_id)
+        for name in runs
+    }
     for name in ("validate_v1", "validate_v2_fail", "validate_v2_warn"):
-        artifacts = {a.path for a in mlflow_client.list_artifacts(runs[name].info.run_id, "validation")}
+        artifacts = {a.path for a in mlflow_client.list_artifacts(evidence[name], "validation")}
         assert {
             "validation/statistics.pb",
             "validation/anomalies.json",
@@ -84,10 +98,10 @@ def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, m
             "validation/report.html",
         } <= artifacts, (name, artifacts)
     for name in ("validate_v2_fail", "validate_v2_warn"):  # histograms against the previous version
-        plots = mlflow_client.list_artifacts(runs[name].info.run_id, "validation/plots")
+        plots = mlflow_client.list_artifacts(evidence[name], "validation/plots")
         assert any(p.path.endswith(".png") for p in plots), (name, plots)
     report = mlflow_client.download_artifacts(
-        runs["validate_v2_warn"].info.run_id, "validation/report.html", str(tmp_path)
+        evidence["validate_v2_warn"], "validation/report.html", str(tmp_path)
     )
     html = Path(report).read_text()
     assert "<script src" not in html and "<link " not in html  # renders offline

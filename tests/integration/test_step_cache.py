@@ -85,6 +85,35 @@ def test_validation_hits_on_the_same_inputs_and_misses_on_any_change(
     )
 
 
+def test_a_failed_gate_is_reused_and_fails_the_same_way_until_an_input_changes(
+    airflow_db, mlflow_conn, mlflow_client, data, tmp_path
+):
+    schema = tmp_path / "schema.pbtxt"
+    conf = _conf(data, schema_uri=str(schema))
+    run_dag(load_dag("cache_validation"), conf=conf)  # infers the schema from the clean version
+    bad = tmp_path / "bad" / "version=0001"
+    shutil.copytree(data, bad)
+    csv = next(bad.glob("*.csv"))
+    csv.write_text(csv.read_text().replace(",west,", ",atlantis,"))  # a region the schema does not know
+    gate = load_dag("cache_validation_gate")
+    conf_bad = {**conf, "data_uri": str(bad)}
+    runs = [_task_run(mlflow_client, conf, run_dag(gate, conf=conf_bad, expect="failed"), "validate")]
+    runs.append(_task_run(mlflow_client, conf, run_dag(gate, conf=conf_bad, expect="failed"), "validate"))
+    assert [r.info.status for r in runs] == ["FAILED", "FAILED"]
+    assert [r.data.tags.get(TAG_CACHE_HIT) for r in runs] == ["false", "true"]
+    assert runs[1].data.tags[TAG_CACHE_SOURCE] == runs[0].info.run_id
+    assert "validation" in _artifacts(mlflow_client, runs[0]) and "validation" not in _artifacts(
+        mlflow_client, runs[1]
+    )
+    assert runs[1].data.metrics["anomaly_count"] == runs[0].data.metrics["anomaly_count"] > 0
+    # The team curates the schema (accepts the new region): the schema file changed, so it runs again.
+    text = schema.read_text()
+    assert '"west"' in text
+    schema.write_text(text.replace('value: "west"', 'value: "west"\n  value: "atlantis"', 1))
+    curated = _task_run(mlflow_client, conf, run_dag(gate, conf=conf_bad), "validate")
+    assert curated.info.status == "FINISHED" and curated.data.tags[TAG_CACHE_HIT] == "false"
+
+
 def test_deleted_source_artifacts_miss_instead_of_a_broken_hit(
     airflow_db, mlflow_conn, mlflow_client, mlflow_server, data, tmp_path
 ):
