@@ -235,7 +235,8 @@ def test_sigkill_in_the_middle_of_each_step_then_retry_loses_and_repeats_nothing
     assert registered.tags["airflow_ml.alias_epoch.champion"] == "1"
     record_property(
         "measured",
-        f"4 steps SIGKILLed mid-work (training with {killed['train']} worker process(es) still alive), each retried once: DAG run success;"
+        f"4 steps SIGKILLed mid-work (training's {killed['train']} live worker process(es) died with it), each retried once:"
+        " DAG run success;"
         " MLflow 1 parent run + 4 task runs (each try 2, FINISHED), 1 logged model;"
         " 1 registered version, champion moved once",
     )
