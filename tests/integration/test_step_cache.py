@@ -132,6 +132,39 @@ def test_deleted_source_artifacts_miss_instead_of_a_broken_hit(
     assert hit.data.tags[TAG_CACHE_SOURCE] == rerun.info.run_id
 
 
+def test_a_training_source_whose_model_is_gone_is_a_miss(mlflow_conn, mlflow_client, mlflow_server, data):
+    """Training's hit hands a model URI on: a source whose logged model lost its files is passed over."""
+    from airflow_ml_provider.cache import record
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+    from airflow_ml_provider.operators.training import DistributedTrainingOperator
+    from airflow_ml_provider.tracking import TaskRun
+
+    experiment = f"cache_train_{uuid.uuid4().hex[:8]}"
+    model_uri = log_churn_model(mlflow_server.url, experiment, str(data), "weak")
+    experiment_id = mlflow_client.get_experiment_by_name(experiment).experiment_id
+    hook = MlflowHook()
+    operator = DistributedTrainingOperator(
+        task_id="train", run_fn="airflow_ml_provider.ml.training.demo:run_fn", train_uri=str(data), cache=True
+    )
+    key = operator.step_cache_key("train_model", {"train_uri": str(data), "epochs": 1})
+    assert key is not None
+    source_id = mlflow_client.create_run(experiment_id).info.run_id
+    source = TaskRun(hook, experiment_id, "", source_id)
+    mlflow_client.log_text(source_id, "{}", "training/spec.json")  # as a training run logs its spec
+    record(source, key, "train_model", {"model_uri": model_uri, "mlflow_run_id": source_id})
+    source.flush()
+    mlflow_client.set_terminated(source_id)
+    current = TaskRun(hook, experiment_id, "", mlflow_client.create_run(experiment_id).info.run_id)
+
+    hit = operator.find_cached(current, key)
+    assert hit is not None and hit.run_id == source_id and hit.result["model_uri"] == model_uri
+
+    model_id = model_uri.removeprefix("models:/")
+    (folder,) = [p for p in mlflow_server.artifacts.glob(f"**/{model_id}") if p.is_dir()]
+    shutil.rmtree(folder)
+    assert operator.find_cached(current, key) is None
+
+
 def test_cache_off_per_task_and_per_dag(airflow_db, mlflow_conn, mlflow_client, data, tmp_path):
     for dag_id in ("cache_validation_off", "cache_validation_dag_off"):
         dag = load_dag(dag_id)
