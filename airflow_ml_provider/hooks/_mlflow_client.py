@@ -51,9 +51,44 @@ def build_client(settings: MlflowSettings) -> MlflowClient:
         ModelRegistryClient, lambda: RegistryRestStore(partial(settings.host_creds, settings.registry_uri))
     )
     client._tracking_client = tracking_client(settings.tracking_uri)
+    if settings.username or settings.token:
+        _lend_credentials_to_artifact_requests(settings)
     if settings.registry_uri.startswith(("http://", "https://")):
         client._registry_client_lazy = registry_client(settings.registry_uri, settings.tracking_uri)  # type: ignore[attr-defined]
     return client
+
+
+# Clean tracking URI -> the settings whose credentials artifact requests to that server carry.
+_ARTIFACT_CREDENTIALS: dict[str, MlflowSettings] = {}
+
+
+def _lend_credentials_to_artifact_requests(settings: MlflowSettings) -> None:
+    """
+    Give MLflow's artifact repositories this connection's credentials for its own server.
+
+    MLflow's HTTP artifact repositories (``mlflow-artifacts:`` through the tracking server's proxy)
+    read credentials from environment variables only (``get_default_host_creds``). The lookup is
+    wrapped, in memory: a request to this connection's server (its tracking URI, to the path
+    boundary) gets the connection's credentials; any other address, MLflow's default. Nothing is
+    written into ``os.environ``.
+    """
+    import mlflow.store.artifact.http_artifact_repo as http_repo
+    import mlflow.store.artifact.mlflow_artifacts_repo as proxy_repo
+
+    _ARTIFACT_CREDENTIALS[settings.tracking_uri.rstrip("/")] = settings
+    for module in (http_repo, proxy_repo):
+        default = module.get_default_host_creds
+        if getattr(default, "_airflow_ml_provider", False):
+            continue
+
+        def host_creds(uri: str, _default: Callable[[str], Any] = default) -> Any:
+            for base, known in _ARTIFACT_CREDENTIALS.items():
+                if uri == base or uri.startswith(base + "/"):
+                    return known.host_creds(uri)
+            return _default(uri)
+
+        host_creds._airflow_ml_provider = True  # type: ignore[attr-defined]
+        module.get_default_host_creds = host_creds  # type: ignore[attr-defined]
 
 
 def _with_store(base: type, make_store: Callable[[], Any]) -> Any:

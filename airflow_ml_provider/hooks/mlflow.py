@@ -6,12 +6,13 @@ import hashlib
 import json
 import logging
 import os
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from airflow.sdk import BaseHook
 
@@ -42,13 +43,46 @@ def _truthy(value: Any) -> bool:
 
 def redact_uri(uri: str) -> str:
     """Return ``uri`` with any user:password part removed, for messages and logs."""
-    parts = urlsplit(uri)
-    if parts.username is None and parts.password is None:
-        return uri
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return split_userinfo(uri)[0]
+
+
+def split_userinfo(uri: str) -> tuple[str, str | None, str | None]:
+    """
+    ``uri`` without its ``user:password@`` part, and that user and password (percent-decoded).
+
+    ``http://user:secret@mlflow:5000`` is a common way to write a tracking URI; what is before the
+    ``@`` is a credential, never part of an address that is shown, logged, stored or linked.
+    """
+    try:
+        parts = urlsplit(uri)
+    except ValueError:
+        return _USERINFO_IN_TEXT.sub("", uri), None, None
+    if "@" not in parts.netloc:
+        return uri, None, None
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, password = userinfo.partition(":")
+    clean = urlunsplit((parts.scheme, hostport, parts.path, parts.query, parts.fragment))
+    return clean, unquote(user), unquote(password) if colon else None
+
+
+# "scheme://user:password@" anywhere in a text (an exception message that quotes a URL).
+_USERINFO_IN_TEXT = re.compile(r"(?<=://)[^/?#@\s'\"]*@")
+
+
+def redact_text(text: str) -> str:
+    """``text`` with the ``user:password@`` part of every URL in it removed."""
+    return _USERINFO_IN_TEXT.sub("", text)
+
+
+def _mask(*secrets: str | None) -> None:
+    """Register ``secrets`` with Airflow's secrets masker (task logs print ``***`` instead)."""
+    try:
+        from airflow.sdk.log import mask_secret
+    except ImportError:  # pragma: no cover - the provider needs the Task SDK
+        return
+    for secret in secrets:
+        if secret:
+            mask_secret(secret)
 
 
 @dataclass(frozen=True)
@@ -68,7 +102,8 @@ class MlflowSettings:
     def __repr__(self) -> str:
         return (
             f"MlflowSettings(tracking_uri={redact_uri(self.tracking_uri)!r}, "
-            f"registry_uri={redact_uri(self.registry_uri)!r}, ui_url={self.ui_url!r}, "
+            f"registry_uri={redact_uri(self.registry_uri)!r}, "
+            f"ui_url={redact_uri(self.ui_url) if self.ui_url else None!r}, "
             f"auth={'basic' if self.username else 'bearer' if self.token else 'none'})"
         )
 
@@ -107,6 +142,40 @@ class MlflowSettings:
         if self.insecure_tls:
             env["MLFLOW_TRACKING_INSECURE_TLS"] = "true"
         return env
+
+
+def _credentials_out_of_uris(
+    uri: str, extra: dict[str, Any], login: str | None, password: str | None
+) -> tuple[str, str | None, str | None]:
+    """
+    Move ``user:password@`` out of the connection's HTTP URIs into the connection's auth.
+
+    Returns the tracking URI without it, and the login and password to use: the connection's own
+    Username and Password when set, else those written in the tracking (or registry) URI. The
+    ``ui_url`` and ``registry_uri`` extras lose theirs too (``extra`` is changed in place). Every
+    password found is registered with Airflow's secrets masker. A database store URI
+    (``postgresql://user:pw@...``) keeps its credentials, which its driver needs; its password
+    is masked and :func:`redact_uri` removes it wherever the URI is shown.
+    """
+    found: list[tuple[str | None, str | None]] = []
+    for key in ("tracking", "registry_uri", "ui_url"):
+        value = uri if key == "tracking" else extra.get(key)
+        if not isinstance(value, str):
+            continue
+        clean, user, secret = split_userinfo(value)
+        _mask(secret)  # a user name alone is not masked: it would hide that word everywhere
+        if urlsplit(value).scheme not in {"http", "https"} or clean == value:
+            continue
+        found.append((user, secret))
+        if key == "tracking":
+            uri = clean
+        else:
+            extra[key] = clean
+    _mask(password)
+    if (login or password) or not found:
+        return uri, login, password
+    user, secret = found[0]
+    return uri, user or None, secret
 
 
 def default_embedded_tracking_uri() -> str:
@@ -207,6 +276,7 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
                 f"Connection {self.mlflow_conn_id!r}: extra 'request_timeout' must be a number of "
                 f"seconds, got {extra['request_timeout']!r}."
             ) from None
+        uri, login, password = _credentials_out_of_uris(uri, extra, login, password)
         username = login or None
         token = password if password and not username else None
         ui_url = extra.get("ui_url") or (uri if urlsplit(uri).scheme in {"http", "https"} else None)
@@ -215,7 +285,7 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
             registry_uri=str(extra.get("registry_uri") or uri),
             ui_url=str(ui_url).rstrip("/") if ui_url else None,
             username=username,
-            password=password if username else None,
+            password=(password or "") if username else None,
             token=token,
             insecure_tls=_truthy(extra.get("insecure_tls", False)),
             request_timeout=timeout,

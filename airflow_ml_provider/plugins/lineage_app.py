@@ -25,7 +25,7 @@ from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
 from airflow.api_fastapi.common.db.common import SessionDep
-from airflow.api_fastapi.core_api.security import requires_access_dag
+from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_dag
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
@@ -80,18 +80,23 @@ def create_app() -> FastAPI:
 
     @app.get("/lineage", response_class=HTMLResponse, dependencies=can_read_runs)
     def lineage_page(
-        request: Request, session: SessionDep, dag_id: DagId, run_id: RunId, task_id: str | None = None
+        request: Request,
+        session: SessionDep,
+        user: GetUserDep,
+        dag_id: DagId,
+        run_id: RunId,
+        task_id: str | None = None,
     ) -> HTMLResponse:
         try:
-            lineage = _lineage(session, dag_id, run_id)
+            lineage = _lineage(session, dag_id, run_id, user)
         except HTTPException as err:
             context = {"error": err.detail, "dag_id": dag_id, "run_id": run_id, "task_id": task_id}
             return _page(request, context, err.status_code)
         return _page(request, {"lineage": lineage, "task_id": task_id, "dag_id": dag_id, "run_id": run_id})
 
     @app.get("/api/lineage", dependencies=can_read_runs)
-    def lineage_json(session: SessionDep, dag_id: DagId, run_id: RunId) -> JSONResponse:
-        return JSONResponse(_lineage(session, dag_id, run_id))
+    def lineage_json(session: SessionDep, user: GetUserDep, dag_id: DagId, run_id: RunId) -> JSONResponse:
+        return JSONResponse(_lineage(session, dag_id, run_id, user))
 
     @app.get("/artifact", dependencies=can_read_runs)
     def artifact(
@@ -101,39 +106,82 @@ def create_app() -> FastAPI:
         mlflow_run_id: MlflowRunId,
         path: ArtifactPath,
     ) -> Response:
-        from airflow_ml_provider.plugins.lineage_data import artifact_belongs_to, read_artifact
-
-        _require_dag_run(session, dag_id, run_id)
-        hook = _hook()
-        if not artifact_belongs_to(hook, mlflow_run_id, dag_id, run_id):
-            raise HTTPException(404, f"MLflow run {mlflow_run_id} is not a task run of DAG run {run_id}")
-        try:
-            content, media_type = read_artifact(hook, mlflow_run_id, path)
-        except FileNotFoundError:
-            raise HTTPException(404, f"No report or plot {path!r} in MLflow run {mlflow_run_id}") from None
-        return Response(
-            content,
-            media_type=media_type,
-            headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
-        )
+        return _serve_artifact(session, dag_id, run_id, mlflow_run_id, path)
 
     return app
 
 
-def _lineage(session: Any, dag_id: str, run_id: str) -> dict[str, Any]:
-    from airflow_ml_provider.plugins.lineage_data import LineageError, collect_lineage
+def _serve_artifact(session: Any, dag_id: str, run_id: str, mlflow_run_id: str, path: str) -> Response:
+    """A report or plot of a task run of the DAG run; 404 when not served, 502 when MLflow is down."""
+    from airflow_ml_provider.plugins.lineage_artifacts import ArtifactRefused, ArtifactTooLarge
+    from airflow_ml_provider.plugins.lineage_data import LineageError, read_artifact, task_run_of
 
     _require_dag_run(session, dag_id, run_id)
     hook = _hook()
     try:
-        return collect_lineage(hook, dag_id, run_id, _experiment_ids(session, dag_id, run_id))
+        run = task_run_of(hook, mlflow_run_id, dag_id, run_id)
+        if run is None:
+            raise HTTPException(404, f"MLflow run {mlflow_run_id} is not a task run of DAG run {run_id}")
+        content, media_type = read_artifact(hook, run, path)
     except LineageError as err:
-        raise HTTPException(502, str(err)) from err
+        raise HTTPException(502, f"{err} (connection {_conn_id()!r})") from err
+    except ArtifactTooLarge as err:
+        raise HTTPException(413, f"Not served: {err}") from None
+    except ArtifactRefused as err:
+        raise HTTPException(404, f"Not served: {err}") from None
+    except FileNotFoundError:
+        raise HTTPException(404, f"No report or plot {path!r} in MLflow run {mlflow_run_id}") from None
+    return Response(
+        content,
+        media_type=media_type,
+        headers={"Content-Security-Policy": REPORT_CSP, "X-Content-Type-Options": "nosniff"},
+    )
+
+
+def _lineage(session: Any, dag_id: str, run_id: str, user: Any) -> dict[str, Any]:
+    from airflow_ml_provider.hooks.mlflow import redact_text
+    from airflow_ml_provider.plugins.lineage_data import LineageError, collect_lineage
+
+    _require_dag_run(session, dag_id, run_id)
+    hook = _hook()
+    experiments = _experiment_ids(session, dag_id, run_id)
+    try:
+        return collect_lineage(hook, dag_id, run_id, experiments, may_read_dag=_dag_reader(user))
+    except LineageError as err:
+        raise HTTPException(502, redact_text(str(err))) from err
     except Exception as err:  # a connection that cannot be read, a server that does not answer
-        log.exception("Reading the ML lineage of %s / %s failed", dag_id, run_id)
+        log.warning("Reading the ML lineage of %s / %s failed: %s", dag_id, run_id, redact_text(repr(err)))
         raise HTTPException(
-            502, f"MLflow could not be read through connection {_conn_id()!r}: {err}"
+            502, f"MLflow could not be read through connection {_conn_id()!r}: {redact_text(str(err))[:500]}"
         ) from err
+
+
+def _dag_reader(user: Any) -> Any:
+    """``may_read_dag(dag_id)`` for ``user``: the auth manager's answer for reading the DAG's runs."""
+    from functools import cache
+
+    from airflow.api_fastapi.app import get_auth_manager
+    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
+    from airflow.models.dag import DagModel
+
+    @cache
+    def may_read_dag(dag_id: str) -> bool:
+        if not dag_id:
+            return False
+        try:
+            return bool(
+                get_auth_manager().is_authorized_dag(
+                    method="GET",
+                    access_entity=DagAccessEntity.RUN,
+                    details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)),
+                    user=user,
+                )
+            )
+        except Exception:
+            log.warning("Could not ask the auth manager about DAG %s; hiding it", dag_id, exc_info=True)
+            return False
+
+    return may_read_dag
 
 
 def _require_dag_run(session: Any, dag_id: str, run_id: str) -> None:
@@ -178,10 +226,12 @@ def _hook() -> Any:
         hook = MlflowHook(_conn_id())
         hook.settings  # noqa: B018 - read the connection now, to answer with a clear error
     except Exception as err:
+        from airflow_ml_provider.hooks.mlflow import redact_text
+
         raise HTTPException(
             502,
             f"The ML lineage view reads MLflow through connection {_conn_id()!r}, which could not be "
-            f"read: {err}. Create it, or name another one in [{CONFIG_SECTION}] {CONN_OPTION}.",
+            f"read: {redact_text(str(err))}. Create it, or name another one in [{CONFIG_SECTION}] {CONN_OPTION}.",
         ) from err
     return hook
 

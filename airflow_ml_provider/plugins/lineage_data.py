@@ -19,11 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from airflow_ml_provider.hooks.mlflow import redact_text
+from airflow_ml_provider.plugins.lineage_artifacts import ArtifactRefused, ArtifactStoreError, RunArtifacts
 from airflow_ml_provider.tracking import (
     TAG_DAG_ID,
     TAG_MAP_INDEX,
@@ -62,7 +63,6 @@ STAGE_TITLES = {
 # Artifacts the view may serve (reports and plots the steps wrote), by top folder.
 SERVED_FOLDERS = ("validation", "evaluation", "tuning", "infra_validation", "training")
 SERVED_SUFFIXES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
-MAX_ARTIFACT_BYTES = 20 * 1024 * 1024
 MAX_ANOMALIES = 200
 MAX_SLICES = 200
 
@@ -72,7 +72,11 @@ class LineageError(Exception):
 
 
 def collect_lineage(
-    hook: MlflowHook, dag_id: str, run_id: str, experiment_ids: Iterable[str]
+    hook: MlflowHook,
+    dag_id: str,
+    run_id: str,
+    experiment_ids: Iterable[str],
+    may_read_dag: Callable[[str], bool] | None = None,
 ) -> dict[str, Any]:
     """
     The ML lineage of DAG run ``run_id`` of ``dag_id``, from the MLflow runs its tasks logged.
@@ -81,6 +85,9 @@ def collect_lineage(
     :param dag_id: the DAG.
     :param run_id: the DAG run.
     :param experiment_ids: the MLflow experiments to search (those the run's tasks logged to).
+    :param may_read_dag: whether the viewer may read a DAG's runs. A stage reused from the cache
+        shows the records of the run it reused only when the viewer may read that run's DAG;
+        otherwise it says that it was reused, with this DAG run's own records only. None: all.
     :return: ``{"dag_id", "run_id", "experiment_url", "parent", "dataset", "freshness", "stages",
         "blessing", "empty"}``; ``stages`` is a list of dicts with ``stage``, ``title``, ``task_id``, ``status``,
         ``run_url`` and a stage-specific ``details`` dict.
@@ -119,7 +126,15 @@ def collect_lineage(
         if stage is None:
             continue
         entry = {**_run_info(hook, run), "stage": stage, "title": STAGE_TITLES[stage]}
-        entry["details"] = _DETAILS[stage](hook, _details_run(hook, run))
+        source = _details_run(hook, run)
+        if source is not run:
+            source_dag = str(source.data.tags.get(TAG_DAG_ID) or "")
+            if source_dag != dag_id and may_read_dag is not None and not may_read_dag(source_dag):
+                entry["cache_source_hidden"] = True
+                source = run  # say it was reused; show nothing of the other DAG's run
+            else:
+                entry["cache_source_url"] = hook.run_url(source.info.experiment_id, source.info.run_id)
+        entry["details"] = _DETAILS[stage](hook, source)
         entry["ok"] = _ok(stage, entry)
         stages.append(entry)
     order = list(STAGES.values())
@@ -129,40 +144,44 @@ def collect_lineage(
     return lineage
 
 
-def artifact_belongs_to(hook: MlflowHook, mlflow_run_id: str, dag_id: str, run_id: str) -> bool:
-    """Whether MLflow run ``mlflow_run_id`` is a task run of that DAG run (the only ones served)."""
+def task_run_of(hook: MlflowHook, mlflow_run_id: str, dag_id: str, run_id: str) -> Run | None:
+    """
+    MLflow run ``mlflow_run_id`` when it is a task run of that DAG run (the only ones served).
+
+    :raises LineageError: MLflow could not be asked (unreachable, credentials refused).
+    """
     from mlflow.exceptions import MlflowException
 
     try:
         run = hook.client.get_run(mlflow_run_id)
-    except MlflowException:
-        return False
+    except (MlflowException, OSError) as err:
+        if getattr(err, "error_code", None) in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
+            return None
+        message = redact_text(str(err))[:300]
+        raise LineageError(f"MLflow at {hook.describe()} could not be read: {message}") from err
     tags = run.data.tags
-    return tags.get(TAG_DAG_ID) == dag_id and tags.get(TAG_RUN_ID) == run_id
+    return run if tags.get(TAG_DAG_ID) == dag_id and tags.get(TAG_RUN_ID) == run_id else None
 
 
-def read_artifact(hook: MlflowHook, mlflow_run_id: str, path: str) -> tuple[bytes, str]:
+def read_artifact(hook: MlflowHook, run: Run, path: str) -> tuple[bytes, str]:
     """
     One report or plot of a task run: ``(content, media type)``.
 
-    Only files under the steps' own folders with a served suffix, at most 20 MB.
+    Only files under the steps' own folders with a served suffix, at most 20 MB (the size MLflow
+    lists is checked before anything is fetched), and only from where
+    :mod:`~airflow_ml_provider.plugins.lineage_artifacts` allows.
 
-    :raises FileNotFoundError: the path is not served or the run has no such artifact.
+    :raises FileNotFoundError: the path is not served or the run has no such artifact
+        (:class:`ArtifactTooLarge`, :class:`ArtifactRefused` say why).
+    :raises LineageError: MLflow could not be read.
     """
     media_type = _served_media_type(path)
     if media_type is None:
         raise FileNotFoundError(path)
-    from mlflow.exceptions import MlflowException
-
-    with tempfile.TemporaryDirectory(prefix="ml-lineage-") as tmp:
-        try:
-            local = hook.client.download_artifacts(mlflow_run_id, path, tmp)
-        except (MlflowException, OSError) as err:
-            raise FileNotFoundError(path) from err
-        if not os.path.isfile(local) or os.path.getsize(local) > MAX_ARTIFACT_BYTES:
-            raise FileNotFoundError(path)
-        with open(local, "rb") as handle:
-            return handle.read(), media_type
+    try:
+        return RunArtifacts(hook, run.info.run_id, run.info.artifact_uri or "").read(path), media_type
+    except ArtifactStoreError as err:
+        raise LineageError(str(err)) from err
 
 
 def _served_media_type(path: str) -> str | None:
@@ -195,14 +214,19 @@ def _search(hook: MlflowHook, experiment_ids: list[str], dag_id: str, run_id: st
             if not token:
                 return runs
     except (MlflowException, OSError) as err:
-        raise LineageError(f"MLflow at {hook.describe()} could not be searched: {err}") from err
+        raise LineageError(
+            f"MLflow at {hook.describe()} could not be searched: {redact_text(str(err))[:500]}"
+        ) from err
 
 
 def _json_artifact(hook: MlflowHook, run: Run, path: str) -> Any:
     """A JSON artifact of the run, or None when it is missing or unreadable."""
     try:
-        content, _ = read_artifact(hook, run.info.run_id, path)
+        content, _ = read_artifact(hook, run, path)
         return json.loads(content)
+    except ArtifactRefused as err:
+        log.warning("Lineage: %s", err)
+        return None
     except (FileNotFoundError, ValueError):
         log.debug("No readable %s in run %s", path, run.info.run_id)
         return None
@@ -226,7 +250,9 @@ def _run_info(hook: MlflowHook, run: Run) -> dict[str, Any]:
         "end_time": run.info.end_time,
         "cache_hit": tags.get("airflow_ml.cache_hit") == "true",
         "cache_source_run_id": tags.get("airflow_ml.cache_source_run_id"),
-        "cache_source_url": tags.get("airflow_ml.cache_source_url"),
+        # Never the airflow_ml.cache_source_url tag: a link points at the configured MLflow UI.
+        "cache_source_url": None,
+        "cache_source_hidden": False,
     }
 
 
@@ -526,11 +552,9 @@ def _artifact_ref(run: Run, path: str) -> dict[str, str]:
 
 def _existing_ref(hook: MlflowHook, run: Run, path: str) -> dict[str, str] | None:
     """The artifact's reference when the run has it (a step that failed may have written none)."""
-    from mlflow.exceptions import MlflowException
-
     try:
-        listed = {a.path for a in hook.client.list_artifacts(run.info.run_id, os.path.dirname(path))}
-    except (MlflowException, OSError):
+        listed = RunArtifacts(hook, run.info.run_id, run.info.artifact_uri or "").sizes(os.path.dirname(path))
+    except (FileNotFoundError, ArtifactStoreError):
         return None
     return _artifact_ref(run, path) if path in listed else None
 

@@ -285,3 +285,23 @@ def test_every_field_the_page_shows_is_escaped():
     assert "javascript:" not in html.replace(
         OPEN_LINKS_SCRIPT, ""
     )  # a run URL that is not http(s) is dropped
+
+
+@pytest.mark.parametrize(
+    ("uri", "root", "inside"),
+    [
+        ("file:///shared/mlflow/1/abc/artifacts", "/shared/mlflow", True),
+        ("/shared/mlflow/1/abc/artifacts", "file:///shared/mlflow/", True),
+        ("file:///shared/mlflow-old/1", "/shared/mlflow", False),
+        ("file:///shared/mlflow/../etc", "/shared/mlflow", False),
+        ("file://otherhost/shared/mlflow/1", "/shared/mlflow", False),
+        ("s3://bucket/mlflow/1/abc", "s3://bucket/mlflow", True),
+        ("s3://bucket/mlflow2/1", "s3://bucket/mlflow", False),
+        ("s3://bucket/mlflow/../other", "s3://bucket/mlflow", False),
+        ("http://169.254.169.254/latest", "/shared/mlflow", False),
+    ],
+)
+def test_an_allowed_artifact_root_takes_whole_path_segments(uri, root, inside):
+    from airflow_ml_provider.plugins.lineage_artifacts import is_under
+
+    assert is_under(uri, root) is inside

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from airflow_ml_provider.hooks.mlflow import MlflowHook, redact_uri
+from airflow_ml_provider.hooks.mlflow import MlflowHook, redact_text, redact_uri
 
 pytestmark = pytest.mark.unit
 
@@ -118,3 +118,43 @@ def test_children_give_up_on_a_dead_server_in_seconds_unless_told_otherwise(monk
     )
     database = _hook(monkeypatch, host="sqlite:////tmp/x/mlflow.db").settings.child_environment()
     assert "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR" not in database  # no HTTP, nothing to retry
+
+
+@pytest.mark.parametrize(
+    ("host", "auth"),
+    [
+        ("http://alice:s%40cret-canary@m:5000", ("alice", "s@cret-canary", None)),
+        ("http://:tok-canary@m:5000", (None, None, "tok-canary")),
+    ],
+)
+def test_credentials_written_in_the_tracking_uri_become_the_connections_auth(monkeypatch, host, auth):
+    from airflow.sdk.log import _secrets_masker
+
+    settings = _hook(
+        monkeypatch,
+        host=host,
+        extra={"registry_uri": "http://bob:reg-canary@r:5000", "ui_url": "https://x:ui-canary@ui"},
+    ).settings
+    assert (settings.username, settings.password, settings.token) == auth
+    assert (settings.tracking_uri, settings.registry_uri, settings.ui_url) == (
+        "http://m:5000",
+        "http://r:5000",
+        "https://ui",
+    )
+    env = settings.child_environment()
+    assert env["MLFLOW_TRACKING_URI"] == "http://m:5000" and "canary" not in repr(settings)
+    masked = _secrets_masker().redact(f"{auth[1] or auth[2]} reg-canary ui-canary")
+    assert "canary" not in str(masked)  # registered with Airflow's secrets masker
+
+
+def test_the_connections_own_login_wins_over_a_uri_userinfo_and_databases_keep_theirs(monkeypatch):
+    settings = _hook(monkeypatch, host="http://old:pw-in-uri@m:5000", login="alice", password="pw").settings
+    assert (settings.tracking_uri, settings.username, settings.password) == ("http://m:5000", "alice", "pw")
+    database = _hook(monkeypatch, host="postgresql://u:db-canary@db/mlflow").settings
+    assert database.tracking_uri == "postgresql://u:db-canary@db/mlflow"  # the driver needs it
+    assert "db-canary" not in repr(database) and "db-canary" not in MlflowHook("mlflow_test").describe()
+
+
+def test_redact_text_drops_credentials_from_every_url_in_a_message():
+    message = "API request to http://u:p@h:5/api failed; see 'https://tok@y/z'"
+    assert redact_text(message) == "API request to http://h:5/api failed; see 'https://y/z'"
