@@ -56,6 +56,7 @@ class ModelEvaluationOperator(MLStepOperator):
         started the DAG run, see :func:`~airflow_ml_provider.versions.dataset_version`).
     :param on_not_blessed: ``"fail"`` raises :class:`ModelNotBlessed`; ``"skip"`` skips this
         task and the tasks downstream; ``"warn"`` logs and returns the record (blessed=False).
+        Whatever it says, the record goes to XCom (``return_value``) and to the MLflow run.
     :param engine: ``"auto"``, ``"fast"`` or ``"beam"``.
     :param beam_pipeline_args: Beam options for the Beam engine, e.g. ``["--runner=FlinkRunner"]``.
     :param cache: reuse the result of an earlier run on the same inputs (see the "Step cache" page); on by
@@ -63,8 +64,11 @@ class ModelEvaluationOperator(MLStepOperator):
     """
 
     cache_by_default = True
+    dataset_inputs = ("data_uri",)
     cache_inputs = ("data_uri",)
     cache_artifacts = (ARTIFACT_DIR,)
+    # The baseline's name and version, for blessing.json: baseline_model_uri (in the key) names it.
+    cache_volatile = (*MLStepOperator.cache_volatile, "baseline")
 
     template_fields: Sequence[str] = (
         "candidate_model_uri",
@@ -181,6 +185,7 @@ class ModelEvaluationOperator(MLStepOperator):
         spec: dict[str, Any] = {
             "candidate_model_uri": str(self.candidate_model_uri),
             "baseline_model_uri": (self._baseline or {}).get("model_uri"),
+            "baseline": self._baseline_summary(),
             "data_uri": str(self.data_uri),
             "format": self.data_format,
             "eval_config": config if isinstance(config, dict | str) else str(config),
@@ -200,6 +205,13 @@ class ModelEvaluationOperator(MLStepOperator):
             },
         }
         return {key: value for key, value in spec.items() if value is not None}
+
+    def _baseline_summary(self) -> dict[str, Any] | None:
+        """The baseline as the blessing records it: model name, alias, version and URI."""
+        baseline = self._baseline
+        if baseline is None:
+            return None
+        return {k: baseline.get(k) for k in ("model_name", "alias", "version", "model_uri")}
 
     def _describe_baseline(self) -> str:
         if self._baseline is None:
@@ -278,9 +290,14 @@ class ModelEvaluationOperator(MLStepOperator):
         if record["blessed"]:
             return record
         if self.on_not_blessed in ("fail", "skip"):
+            from airflow.sdk.bases.xcom import BaseXCom
+
             from airflow_ml_provider import freshness
 
             freshness.record(context, run, "decided", decision="not promoted: the candidate is not blessed")
+            # A failed or skipped task returns nothing: push the record as the value it would have
+            # returned, so xcom_pull('evaluate') and the UI show why it was not blessed.
+            context["ti"].xcom_push(key=BaseXCom.XCOM_RETURN_KEY, value=record)
         from airflow_ml_provider.exceptions import ModelNotBlessed
 
         error = ModelNotBlessed(
@@ -297,14 +314,11 @@ class ModelEvaluationOperator(MLStepOperator):
 
     def _blessing_record(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:
         base = f"runs:/{run.run_id}/{ARTIFACT_DIR}"
-        baseline = self._baseline
         return {
             "blessed": bool(result["blessed"]),
             "candidate_model_uri": result["candidate_model_uri"],
             "registered_model_name": self.registered_model_name,
-            "baseline": None
-            if baseline is None
-            else {k: baseline.get(k) for k in ("model_name", "alias", "version", "model_uri")},
+            "baseline": self._baseline_summary(),
             "failed_thresholds": result["failed_thresholds"],
             "failures": result["failures"],
             "metrics": result["metrics"],

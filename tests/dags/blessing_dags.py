@@ -26,19 +26,26 @@ class PromoteThatCrashesOnce(PromoteModelOperator):
         return super().execute_tracked(context, run)
 
 
-def _evaluate() -> ModelEvaluationOperator:
+def _evaluate(on_not_blessed: str = "fail") -> ModelEvaluationOperator:
     return ModelEvaluationOperator(
         task_id="evaluate",
         candidate_model_uri="{{ params.candidate_uri }}",
         data_uri="{{ params.data_uri }}",
         registered_model_name="{{ params.model_name }}",
         eval_config=EVAL_CONFIG,
+        on_not_blessed=on_not_blessed,
         retries=0,
     )
 
 
 with DAG(dag_id="blessing_pipeline", schedule=None, render_template_as_native_obj=True, params=PARAMS):
     evaluate = _evaluate()
+    PromoteModelOperator(
+        task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
+    )
+
+with DAG(dag_id="blessing_skip", schedule=None, render_template_as_native_obj=True, params=PARAMS):
+    evaluate = _evaluate(on_not_blessed="skip")
     PromoteModelOperator(
         task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
     )

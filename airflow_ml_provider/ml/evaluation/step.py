@@ -6,6 +6,8 @@ Spec (JSON):
 - ``candidate_model_uri``: the candidate, any URI ``mlflow.pyfunc.load_model`` takes;
 - ``baseline_model_uri``: the baseline (the current champion), or null on a first run (then
   change thresholds are dropped and only value thresholds decide, as TFMA's "rubber stamp");
+- ``baseline``: what the baseline is, for ``blessing.json``: ``model_name``, ``alias``,
+  ``version`` (the registered version the alias held), ``model_uri`` (optional);
 - ``data_uri``, ``format``: the evaluation dataset version (csv/parquet file or directory);
 - ``eval_config``: a TFMA ``EvalConfig`` as a dict (protobuf JSON), a JSON string or a text proto;
 - ``label_key`` (default ``label``), ``example_weight_key``, ``feature_columns`` (the columns the
@@ -41,6 +43,7 @@ log = logging.getLogger(__name__)
 KEYS = {
     "candidate_model_uri",
     "baseline_model_uri",
+    "baseline",
     "data_uri",
     "format",
     "eval_config",
@@ -79,6 +82,8 @@ def _check_spec(spec: Any) -> dict[str, Any]:
     engine = spec.get("engine", "auto")
     if engine not in ENGINES:
         raise ValueError(f"evaluate_model: spec key 'engine' must be one of {list(ENGINES)}, got {engine!r}.")
+    if spec.get("baseline") is not None and not isinstance(spec["baseline"], dict):
+        raise ValueError(f"evaluate_model: spec key 'baseline' must be a dict, got {spec['baseline']!r}.")
     columns = spec.get("feature_columns")
     if columns is not None and (
         not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
@@ -184,6 +189,15 @@ def flatten_metrics(output: EvalOutput) -> dict[str, float]:
     return finite
 
 
+def _baseline_of(settings: dict[str, Any]) -> dict[str, Any] | None:
+    """The baseline's name, alias, version and URI for the blessing; None without a baseline."""
+    uri = settings.get("baseline_model_uri")
+    if not uri:
+        return None
+    given = settings.get("baseline") or {}
+    return {key: given.get(key) for key in ("model_name", "alias", "version")} | {"model_uri": uri}
+
+
 def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, config: Any) -> list[str]:
     from google.protobuf import text_format
 
@@ -195,6 +209,8 @@ def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, c
         "blessed": blessed,
         "candidate_model_uri": settings["candidate_model_uri"],
         "baseline_model_uri": settings.get("baseline_model_uri"),
+        # The registered version compared with (the champion at the time), not only its URI.
+        "baseline": _baseline_of(settings),
         "failures": [f.__dict__ for f in output.failures],
         "engine": output.engine,
         "example_count": output.example_count,

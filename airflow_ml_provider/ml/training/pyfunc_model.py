@@ -3,13 +3,17 @@ The MLflow pyfunc model of a trained SavedModel (an MLflow "model from code" fil
 
 MLflow copies this file into the logged model, so loading the model needs TensorFlow, pandas and
 MLflow, not this provider. ``predict`` takes a pandas DataFrame (or a dict of columns) holding the
-serving signature's inputs by name, casts each column to the input's dtype and shape, and returns
-a 1-D numpy array for a model with one output of width 1 (a binary classifier's probability, a
-regression value), else a DataFrame with one column per output (``name`` or ``name_<i>``).
+serving signature's inputs by name (an input the export renamed in the signature, ``mean_radius``,
+by the model's own input name, ``mean radius``), casts each column to the input's dtype and shape,
+and returns a 1-D numpy array for a model with one output of width 1 (a binary classifier's
+probability, a regression value), else a DataFrame with one column per output (``name`` or
+``name_<i>``).
 """
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -18,6 +22,16 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 SIGNATURE_KEY = "serving_default"
+# Written by the export when a column name is not a valid signature input name (``mean radius``):
+# signature input name -> column name. Kept in step with ml/training/signature.py.
+INPUT_NAMES_FILE = "assets.extra/input_names.json"
+
+
+def _input_columns(saved_model_dir: str, inputs: Any) -> dict[str, str]:
+    """Signature input name -> the column of the input frame that feeds it."""
+    path = Path(saved_model_dir) / INPUT_NAMES_FILE
+    renamed = json.loads(path.read_text())["inputs"] if path.is_file() else {}
+    return {name: renamed.get(name, name) for name in inputs}
 
 
 def _column(values: Any, dtype: Any, shape: Any) -> Any:
@@ -43,18 +57,20 @@ class SavedModelPyfunc(PythonModel):
         self._model = tf.saved_model.load(context.artifacts["saved_model"])
         self._fn = self._model.signatures[SIGNATURE_KEY]
         _, self._inputs = self._fn.structured_input_signature
+        self._columns = _input_columns(context.artifacts["saved_model"], self._inputs)
 
     # No type hints: MLflow would read them as a schema and convert the DataFrame before predict.
     def predict(self, context, model_input, params=None):  # type: ignore[no-untyped-def]
         frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
-        missing = [name for name in self._inputs if name not in frame.columns]
+        source = self._columns
+        missing = [column for column in source.values() if column not in frame.columns]
         if missing:
             raise ValueError(
                 f"The model's input is missing column(s) {', '.join(sorted(missing))}; it needs "
-                f"{', '.join(sorted(self._inputs))}."
+                f"{', '.join(sorted(source.values()))}."
             )
         feed = {
-            name: _column(frame[name].to_numpy(), spec.dtype, spec.shape)
+            name: _column(frame[source[name]].to_numpy(), spec.dtype, spec.shape)
             for name, spec in self._inputs.items()
         }
         outputs = {key: value.numpy() for key, value in self._fn(**feed).items()}

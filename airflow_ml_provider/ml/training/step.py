@@ -186,29 +186,32 @@ def _save_tf_keras(model: Any, export_dir: str) -> None:
     """
     import tensorflow as tf
 
+    from airflow_ml_provider.ml.training.signature import signature_input_names, write_input_names
+
     inputs = getattr(model, "inputs", None) or []
-    if inputs:
-        specs = {i.name: tf.TensorSpec(i.shape, i.dtype, name=i.name) for i in inputs}
-        names = [i.name for i in inputs]
+    if not inputs:
+        model.save(export_dir, save_format="tf", include_optimizer=False)
+        return
+    names = [i.name for i in inputs]
+    # Inputs TensorFlow cannot sign (``mean radius``) get a safe signature name, mapped back by the pyfunc.
+    safe = signature_input_names(names)
+    specs = {safe[i.name]: tf.TensorSpec(i.shape, i.dtype, name=safe[i.name]) for i in inputs}
 
-        def serve(features: dict[str, Any]) -> Any:
-            outputs = model(features if len(names) > 1 else features[names[0]], training=False)
-            return outputs if isinstance(outputs, dict) else {"output": outputs}
+    def serve(features: dict[str, Any]) -> Any:
+        feed = {name: features[safe[name]] for name in names}
+        outputs = model(feed if len(names) > 1 else feed[names[0]], training=False)
+        return outputs if isinstance(outputs, dict) else {"output": outputs}
 
-        signature = tf.function(serve).get_concrete_function(specs)
-        try:
-            model.save(
-                export_dir,
-                save_format="tf",
-                include_optimizer=False,
-                save_traces=False,
-                signatures={"serving_default": signature},
-            )
-            return
-        except NotImplementedError as err:  # a layer without get_config
-            log.info("Saving with layer traces (%s)", err)
-            shutil.rmtree(export_dir, ignore_errors=True)
-    model.save(export_dir, save_format="tf", include_optimizer=False)
+    signatures = {"serving_default": tf.function(serve).get_concrete_function(specs)}
+    try:
+        model.save(
+            export_dir, save_format="tf", include_optimizer=False, save_traces=False, signatures=signatures
+        )
+    except NotImplementedError as err:  # a layer without get_config
+        log.info("Saving with layer traces (%s)", err)
+        shutil.rmtree(export_dir, ignore_errors=True)
+        model.save(export_dir, save_format="tf", include_optimizer=False, signatures=signatures)
+    write_input_names(export_dir, safe)
 
 
 def _pip_requirements() -> list[str]:
@@ -321,7 +324,14 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-SAVED_MODEL_ENTRIES = {"saved_model.pb", "keras_metadata.pb", "fingerprint.pb", "variables", "assets"}
+SAVED_MODEL_ENTRIES = {
+    "saved_model.pb",
+    "keras_metadata.pb",
+    "fingerprint.pb",
+    "variables",
+    "assets",
+    "assets.extra",  # input_names.json, when inputs were renamed for the signature
+}
 
 
 def _clear_model_dir(path: Path) -> None:

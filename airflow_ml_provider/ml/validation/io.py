@@ -122,6 +122,25 @@ def find_data_files(uri: str, fmt: str | None) -> DataFiles:
     return DataFiles(uri=uri, fs=fs, paths=paths, format=fmt)
 
 
+def no_rows_message(files: DataFiles) -> str:
+    """
+    The error for a version whose files hold no rows (a CSV header only), naming each file.
+
+    :param files: the version's data files, every one of them without rows.
+    """
+    what = "a header but no rows" if files.format == "csv" else "no rows"
+    names = ", ".join(repr(p) for p in files.paths)
+    if len(files.paths) == 1 and files.paths[0] == url_to_fs(files.uri)[1]:
+        where = f"data file {names}"
+    else:
+        where = f"data file{'s' * (len(files.paths) > 1)} {names} of {files.uri!r}"
+    return (
+        f"validate_data: {where} {'hold' if len(files.paths) > 1 else 'holds'} {what}; a dataset "
+        "version must hold at least one row. Write the rows into the file (or point data_uri at a "
+        "version that has them)."
+    )
+
+
 def read_bytes(uri: str, key: str) -> bytes:
     """
     Read a whole file, raising a FileNotFoundError that names the spec key when it is missing.

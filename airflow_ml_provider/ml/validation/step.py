@@ -7,7 +7,13 @@ import os
 from typing import Any
 
 from airflow_ml_provider.ml.validation import schema as schema_lib
-from airflow_ml_provider.ml.validation.io import StagedOutput, exists, find_data_files, write_atomic
+from airflow_ml_provider.ml.validation.io import (
+    StagedOutput,
+    exists,
+    find_data_files,
+    no_rows_message,
+    write_atomic,
+)
 from airflow_ml_provider.ml.validation.statistics import DEFAULT_CHUNK_ROWS, compute_statistics
 
 log = logging.getLogger(__name__)
@@ -111,10 +117,7 @@ def _statistics(settings: dict[str, Any], staged: StagedOutput | None = None) ->
     else:
         stats = compute_statistics(files, settings["chunk_rows"])
     if not stats.datasets or stats.datasets[0].num_examples == 0:
-        raise ValueError(
-            f"validate_data: {settings['data_uri']!r} has no rows (header only?); a dataset version "
-            "must hold at least one row."
-        )
+        raise ValueError(no_rows_message(files))
     return stats, files.format
 
 

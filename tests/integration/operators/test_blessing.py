@@ -96,6 +96,23 @@ def test_first_model_then_better_is_promoted_worse_is_not(
     assert run.data.metrics["diff/auc"] < 0 and "auc/region:north" in run.data.metrics
     assert _champion(mlflow_client, name) == "2"
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 2
+    # The failed task's record is in XCom; blessing.json names the champion it was compared with.
+    record = task_xcom(worse, "evaluate")
+    assert record["blessed"] is False and record["failures"] == blessing["failures"]
+    baseline = {"model_name": name, "alias": "champion", "version": "2", "model_uri": f"models:/{name}/2"}
+    assert record["baseline"] == blessing["baseline"] == baseline
+
+    # on_not_blessed="skip" (what the examples use): skipped, and the same record still in XCom.
+    skipped = run_dag(load_dag("blessing_skip"), conf=_conf(churn, name, "medium"))
+    assert task_states(skipped) == {"evaluate": "skipped", "promote": "skipped"}
+    record = task_xcom(skipped, "evaluate")
+    assert record["blessed"] is False and record["baseline"] == baseline
+    assert ("Overall", "auc", "change") in {(f["slice"], f["metric"], f["kind"]) for f in record["failures"]}
+    assert mlflow_client.get_run(record["mlflow_run_id"]).data.tags["airflow_ml.blessed"] == "false"
+    skip_dir = tmp_path / "skipped"
+    skip_dir.mkdir()
+    local = mlflow_client.download_artifacts(record["mlflow_run_id"], "evaluation/record.json", str(skip_dir))
+    assert json.loads(open(local).read()) == record  # the MLflow run keeps it too
 
 
 def test_retry_after_crash_between_register_and_alias(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -91,10 +92,19 @@ def test_empty_file(tmp_path: Path) -> None:
 
 
 def test_header_only(tmp_path: Path) -> None:
-    (tmp_path / "part-00000.csv").write_text("age,income,label\n")
-    with pytest.raises(ValueError, match="has no rows"):
-        validate_data({"data_uri": str(tmp_path), "output_dir": str(tmp_path / "out")})
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "part-00000.csv").write_text("age,income,label\n")
+    file = str(tmp_path / "v" / "part-00000.csv")
+    # The message names the file, not only the folder.
+    expected = f"data file '{file}' of '{tmp_path / 'v'}' holds a header but no rows"
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        validate_data({"data_uri": str(tmp_path / "v"), "output_dir": str(tmp_path / "out")})
     assert list((tmp_path / "out").iterdir()) == []
+    with pytest.raises(ValueError, match=re.escape(f"data file '{file}' holds a header but no rows")):
+        validate_data({"data_uri": file, "output_dir": str(tmp_path / "out")})
+    (tmp_path / "v" / "part-00001.csv").write_text("age,income,label\n")
+    with pytest.raises(ValueError, match=r"data files '.*part-00000.csv', '.*part-00001.csv' of .* hold a"):
+        validate_data({"data_uri": str(tmp_path / "v"), "output_dir": str(tmp_path / "out")})
 
 
 def test_corrupt_parquet(tmp_path: Path) -> None:
