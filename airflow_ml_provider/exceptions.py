@@ -8,14 +8,27 @@ class MLProviderError(Exception):
 
 
 class StepFailed(MLProviderError):
-    """A step ended with an error in the interpreter (or pod) that ran it."""
+    """
+    A step ended with an error in the interpreter (or pod) that ran it.
+
+    Raised without exception chaining, so that a failure prints one traceback: ``original`` holds
+    the step's own exception when it ran in this interpreter (its traceback is the one printed), or
+    the worker's ``StepFailed`` for a gang.
+    """
 
     def __init__(
-        self, step: str, message: str, *, last_lines: list[str] | None = None, returncode: int | None = None
+        self,
+        step: str,
+        message: str,
+        *,
+        last_lines: list[str] | None = None,
+        returncode: int | None = None,
+        original: BaseException | None = None,
     ) -> None:
         self.step = step
         self.last_lines = list(last_lines or [])
         self.returncode = returncode
+        self.original = original
         super().__init__(message)
 
 
@@ -43,6 +56,15 @@ class DataValidationFailed(MLProviderError):
             f"Data validation of {data_uri} found {len(self.anomalies)} anomal"
             f"{'y' if len(self.anomalies) == 1 else 'ies'}:\n" + "\n".join(lines) + where
         )
+
+
+class DatasetVersionIncomplete(MLProviderError):
+    """A dataset version a task reads has no completion marker yet (or its storage cannot tell)."""
+
+    def __init__(self, folder: str, marker: str, message: str) -> None:
+        self.folder = folder
+        self.marker = marker
+        super().__init__(message)
 
 
 class TrainingJobFailed(MLProviderError):

@@ -286,8 +286,12 @@ def tracked_task(
     ti = context["ti"]
     ti.xcom_push(key=XCOM_RUN_ID, value=run.run_id)
     ti.xcom_push(key=XCOM_EXPERIMENT_ID, value=run.experiment_id)
-    if run.url:
-        ti.xcom_push(key=XCOM_RUN_URL, value=run.url)
+    # Both keys always exist, empty when there is nothing to open: the extra links read them when the
+    # task ends, and reading a missing XCom logs an ERROR ("XCom not found") in the task's log.
+    ti.xcom_push(key=XCOM_RUN_URL, value=run.url or "")
+    from airflow_ml_provider.cache import XCOM_CACHE_SOURCE_URL
+
+    ti.xcom_push(key=XCOM_CACHE_SOURCE_URL, value="")  # a cache hit replaces it with its source run
     try:
         yield run
     except TaskDeferred:

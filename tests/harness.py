@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -245,3 +246,22 @@ def start_task_runs_in_process(
         run = start_task_run(hook, identity)
         end_task_run(run, identity, success=True)
         out.put((run_id, map_index, run.parent_run_id, run.run_id))
+
+
+# -- task logs -------------------------------------------------------------------------------------
+
+# What a clean task log must not hold: an ERROR or CRITICAL record (Airflow's structlog console
+# "[error    ]", a step's or worker's stdlib "ERROR name: ...", TensorFlow/absl's "E1207 ..." or
+# "E tensorflow/..."), or a traceback.
+_PROBLEM_LINE = re.compile(
+    r"\[(error|critical|exception)\s*\]"
+    r"|(^|[\]\s])(ERROR|CRITICAL|FATAL)[\s:]"
+    r"|(^|[\]\s])[EF]\d{4} \d\d:\d\d:\d\d"
+    r"|(^|[\]\s:])[EF] [\w./-]+\.(cc|h|py):\d+\]?"
+    r"|Traceback \(most recent call last\)"
+)
+
+
+def log_problems(text: str) -> list[str]:
+    """The lines of a task log (``dag.test()`` writes it to stdout) that are errors or tracebacks."""
+    return [line for line in text.splitlines() if _PROBLEM_LINE.search(line)]

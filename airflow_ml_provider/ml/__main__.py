@@ -1,8 +1,11 @@
 """Run one step: ``python -m airflow_ml_provider.ml <step> --spec FILE --result FILE``.
 
 Exit codes: 0 the result was written; 1 the step failed (traceback logged, no result file);
-2 bad arguments (missing or invalid spec file, unknown step). Logs go to stderr, so that the parent
-(``PythonRunner``) can stream them. ``--list`` prints the built-in step names.
+2 bad arguments (missing or invalid spec file, unknown step, user code that does not resolve),
+reported on one line. Logs go to stderr, so that the parent (``PythonRunner``) can stream them.
+``--list`` prints the built-in step names. ``--check`` only checks, cheaply (no TensorFlow import),
+that the step and the user code its spec names (a ``run_fn``, an objective) resolve here: the
+launchers run it once before they start any worker.
 """
 
 from __future__ import annotations
@@ -42,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--result", type=Path, help="where to write the step's JSON result")
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
     parser.add_argument("--list", action="store_true", help="print the built-in step names and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="only check that the step and its user code resolve (no --result)",
+    )
     return parser
 
 
@@ -100,6 +108,28 @@ def _check_step(step: str) -> None:
         ):
             raise UsageError(str(err)) from err
         raise
+
+
+def _check_references(step: str, spec: dict[str, Any]) -> None:
+    """
+    Check, without importing them, that the user code the step will call resolves here.
+
+    Done before the step's heavy imports (TensorFlow takes 10 s and more), so that a typo in a
+    ``run_fn`` fails at once, in one line.
+
+    :param step: the step name or reference.
+    :param spec: the step's spec.
+    """
+    from airflow_ml_provider.ml.registry import check_reference, user_references
+
+    try:
+        references = user_references(step, spec)
+        problems = [(what, ref, check_reference(ref)) for what, ref in references]
+    except ValueError as err:
+        raise UsageError(f"{err} Run with --list to see the built-in steps.") from err
+    for what, ref, problem in problems:
+        if problem:
+            raise UsageError(f"{what} {ref!r} does not resolve in {sys.executable}: {problem}.")
 
 
 def _remove(path: Path) -> None:
@@ -162,6 +192,7 @@ def _run(step: str, spec_file: Path, result_file: Path) -> int:
         raise UsageError(f"the directory of the result file {result_file} does not exist: check --result.")
     _remove(result_file)  # a stale result must never pass for this run's
     spec = _read_spec(spec_file)
+    _check_references(step, spec)
     _check_step(step)
     from airflow_ml_provider.runners.in_process import InProcessRunner
 
@@ -187,14 +218,19 @@ def main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write("".join(f"{name}\n" for name in sorted(BUILTIN_STEPS)))
             return EXIT_OK
+        if args.check and args.step and args.spec is not None:
+            _check_references(args.step, _read_spec(args.spec))
+            return EXIT_OK
         if not args.step or args.spec is None or args.result is None:
             raise UsageError("give a step, --spec FILE and --result FILE (or --list).")
         return _run(args.step, args.spec, args.result)
     except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USAGE
-    except Exception:
-        log.exception("Step %s failed", args.step)
+    except Exception as err:
+        # One traceback: the step's own error (StepFailed only wraps it for in-process callers).
+        original = getattr(err, "original", None)
+        log.error("Step %s failed", args.step, exc_info=original if original is not None else err)
         if args.result is not None:
             _remove(args.result)
         return EXIT_FAILED

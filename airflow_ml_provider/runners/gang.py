@@ -24,6 +24,10 @@ class _Prefixed:
     def _format(self, msg: Any) -> str:
         return self.prefix.replace("%", "%%") + " " + str(msg)
 
+    def debug(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any:
+        emit = getattr(self.logger, "debug", None)
+        return emit(self._format(msg), *args, **kwargs) if emit is not None else None
+
     def info(self, msg: Any, /, *args: Any, **kwargs: Any) -> Any:
         return self.logger.info(self._format(msg), *args, **kwargs)
 
@@ -78,6 +82,7 @@ class GangRunner:
         :raises StepFailed: the first worker that failed (the others were killed), naming it.
         """
         logger = logger or log
+        self.runners[0].check(step, spec)  # once, in the workers' interpreter, before any starts
         size = len(self.runners)
         results: list[dict[str, Any] | None] = [None] * size
         failures: list[tuple[int, BaseException]] = []
@@ -87,7 +92,7 @@ class GangRunner:
         def work(index: int) -> None:
             try:
                 results[index] = self.runners[index].run(
-                    step, spec, logger=_Prefixed(logger, f"[worker {index}]")
+                    step, spec, logger=_Prefixed(logger, f"[worker {index}]"), check=False
                 )
             except BaseException as err:  # a worker thread must report, never die silently
                 with self._lock:
@@ -118,6 +123,6 @@ class GangRunner:
             lines = getattr(err, "last_lines", [])
             message = f"Worker {index} of {size} failed, so the gang was stopped: {err}"
             raise StepFailed(
-                step, message, last_lines=lines, returncode=getattr(err, "returncode", None)
-            ) from err
+                step, message, last_lines=lines, returncode=getattr(err, "returncode", None), original=err
+            ) from None  # the worker's error is in the message: no second, chained traceback
         return [r if r is not None else {} for r in results]

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -21,7 +22,7 @@ from airflow_ml_provider.exceptions import StepFailed, StepTimeout
 from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
 from airflow_ml_provider.ml.scratch import scratch_dir
 from airflow_ml_provider.runners._logger import StepLogger
-from airflow_ml_provider.runners.in_process import json_round_trip
+from airflow_ml_provider.runners.in_process import HARMLESS_NATIVE_LINE, json_round_trip
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +33,13 @@ KEEP_LINES = 50
 REPORT_LINES = 20
 # How long to wait for the output pipe to close after the child exited (grandchildren may hold it).
 DRAIN_SECONDS = 5.0
+
+CHECK_SECONDS = 120.0
+# The line that says what went wrong, at the end of a failed step's output: "ValueError: ...",
+# "pkg.errors.StepFailed: ...", or the entrypoint's "error: ..." (bad arguments, unresolved code).
+_ERROR_LINE = re.compile(
+    r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Exit|Failed|Failure|Interrupt|Timeout)\b)"
+)
 
 _PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('airflow_ml_provider') else 3)"
 _importable_cache: dict[tuple[str, str, str | None], bool] = {}
@@ -123,8 +131,13 @@ def _failure(
     :param returncode: the child's exit status.
     """
     tail = list(lines)[-REPORT_LINES:]
-    text = "\n".join(f"  {line}" for line in tail) or "  (no output)"
-    return cls(step, f"Step {step!r} {what}. Last lines:\n{text}", last_lines=tail, returncode=returncode)
+    # The output is already in the log (streamed line by line): name the error once, not its lines.
+    said = next((line for line in reversed(tail) if _ERROR_LINE.match(line)), None)
+    where = "its output is above" if tail else "it wrote no output"
+    message = (
+        f"Step {step!r} {what}: {said.strip()} ({where})" if said else f"Step {step!r} {what} ({where})."
+    )
+    return cls(step, message, last_lines=tail, returncode=returncode)
 
 
 def _pump(pipe: IO[bytes], step: str, logger: StepLogger, lines: collections.deque[str]) -> None:
@@ -140,8 +153,10 @@ def _pump(pipe: IO[bytes], step: str, logger: StepLogger, lines: collections.deq
         for raw in iter(pipe.readline, b""):
             line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
             lines.append(line)
+            # A library's known-harmless ERROR line (see HARMLESS_NATIVE_LINE) goes to DEBUG.
+            emit = getattr(logger, "debug", logger.info) if HARMLESS_NATIVE_LINE.search(line) else logger.info
             try:
-                logger.info("[step %s] %s", step, line)
+                emit("[step %s] %s", step, line)
             except Exception:  # a broken handler must not stop the draining of the pipe
                 log.debug("Could not log a line of step %s", step, exc_info=True)
 
@@ -224,7 +239,53 @@ class PythonRunner:
         except subprocess.TimeoutExpired:
             self._logger.warning("Step process %s did not exit after SIGKILL", proc.pid)
 
-    def run(self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None) -> dict[str, Any]:
+    def check(self, step: str, spec: dict[str, Any]) -> None:
+        """
+        Check, in the interpreter and environment of the step, that its user code resolves.
+
+        A quick child (``python -m airflow_ml_provider.ml STEP --check``) that imports nothing
+        heavy: a ``run_fn`` or objective that does not exist fails here, before any worker imports
+        TensorFlow. Nothing runs when the step names no user code.
+
+        :param step: a built-in step name or a ``package.module:function`` reference.
+        :param spec: the step's input (JSON-serializable).
+        :raises StepFailed: the user code does not resolve (the message says why, once).
+        """
+        from airflow_ml_provider.ml.registry import user_references
+
+        if not user_references(step, spec):
+            return
+        python = _check_interpreter(self.python)
+        spec = json_round_trip(spec, step=step, what="spec")
+        with scratch_dir("ml-check") as tmp:
+            spec_file = Path(tmp, "spec.json")
+            spec_file.write_text(json.dumps(spec), encoding="utf-8")
+            cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file), "--check"]
+            env = self._child_env(python)
+            try:
+                done = subprocess.run(
+                    cmd, env=env, cwd=self.cwd, capture_output=True, timeout=CHECK_SECONDS, check=False
+                )
+            except subprocess.TimeoutExpired:
+                self._logger.warning("Step %s: the check of its user code timed out; running it", step)
+                return
+        if done.returncode == 0:
+            return
+        output = (done.stdout + done.stderr).decode("utf-8", errors="replace").splitlines()
+        said = next((line for line in reversed(output) if line.startswith("error: ")), None)
+        if said is None:
+            said = "; ".join(output[-3:]) or f"exit code {done.returncode}"
+        reason = said.removeprefix("error: ")
+        raise StepFailed(
+            step,
+            f"Step {step!r} cannot start: {reason}",
+            last_lines=output[-REPORT_LINES:],
+            returncode=done.returncode,
+        )
+
+    def run(
+        self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None, check: bool = True
+    ) -> dict[str, Any]:
         """
         Run the step in the interpreter and return its result.
 
@@ -232,7 +293,9 @@ class PythonRunner:
             the interpreter.
         :param spec: the step's input (JSON-serializable).
         :param logger: where the child's output lines go; defaults to this module's logger.
-        :raises StepFailed: the child exited with an error or wrote no valid result.
+        :param check: first check cheaply that the user code the step names resolves (:meth:`check`).
+        :raises StepFailed: the user code does not resolve, or the child exited with an error or
+            wrote no valid result; the message names the error once (the output is in the log).
         :raises StepTimeout: the step ran past ``timeout`` and was killed.
         :raises FileNotFoundError: the interpreter does not exist (``PermissionError``: not executable).
         :raises TypeError: the spec is not JSON-serializable.
@@ -240,6 +303,8 @@ class PythonRunner:
         self._logger = logger or log
         python = _check_interpreter(self.python)
         spec = json_round_trip(spec, step=step, what="spec")
+        if check:
+            self.check(step, spec)
         with scratch_dir("ml-step") as tmp:
             spec_file, result_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
             spec_file.write_text(json.dumps(spec), encoding="utf-8")

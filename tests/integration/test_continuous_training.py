@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_states, task_xcom
+from harness import load_dag, log_problems, run_dag, task_states, task_xcom
 
 from airflow_ml_provider.ml.datagen import generate_dataset
 
@@ -30,7 +30,7 @@ TUNING = ("tune_or_train", "tune")
 
 
 def test_continuous_training_tunes_bootstraps_a_champion_then_stops_a_schema_break(
-    airflow_db, mlflow_conn, mlflow_client, tmp_path, monkeypatch
+    airflow_db, mlflow_conn, mlflow_client, tmp_path, monkeypatch, capfd
 ):
     landing = tmp_path / "landing"
     monkeypatch.setenv("AIRFLOW_ML_EXAMPLE_LANDING", str(landing))  # read when the file is parsed
@@ -41,11 +41,18 @@ def test_continuous_training_tunes_bootstraps_a_champion_then_stops_a_schema_bre
     [v1] = generate_dataset({"root": str(root), "versions": [1], "rows": 3000})["versions"]
     completed = datetime.fromtimestamp((Path(v1["uri"]) / "_SUCCESS").stat().st_mtime, UTC).isoformat()
     version = {"version": v1["version"], "uri": v1["uri"], "completed_at": completed}
+    capfd.readouterr()
     first = run_dag(
         load_dag("continuous_training", EXAMPLES),
         conf={**params, "tune_trials": 2, "dataset_version": version},
     )
     assert task_states(first) == dict.fromkeys((*PIPELINE, *TUNING), "success")
+    # A clean run logs no error and no traceback: every task's log (dag.test() writes the task logs,
+    # the workers' lines included, to stdout).
+    task_logs = capfd.readouterr().out
+    assert all(f"View run {task} at" in task_logs for task in (*PIPELINE, "tune")), task_logs[-3000:]
+    problems = log_problems(task_logs)
+    assert not problems, "\n".join(problems)
     assert (tmp_path / "state" / "schema" / "schema.pbtxt").exists()  # bootstrapped by v1
     train = task_xcom(first, "train")
     assert (train["workers"], train["strategy"]) == (2, "multi_worker_mirrored")

@@ -347,7 +347,8 @@ def test_cli_failure_exits_1_and_leaves_no_result(tmp_path: Path) -> None:
         ("echo", "{not json", "is not valid JSON"),
         ("echo", "[1, 2]", "must hold a JSON object"),
         ("no_such_step", "{}", "Unknown step 'no_such_step'"),
-        ("no_such_pkg.mod:func", "{}", "cannot import module 'no_such_pkg.mod'"),
+        ("no_such_pkg.mod:func", "{}", "step 'no_such_pkg.mod:func' does not resolve in"),
+        ("airflow_ml_provider.ml.basic:no_such_func", "{}", "defines no 'no_such_func' at its top level"),
     ],
 )
 def test_cli_bad_arguments_exit_2_with_one_line(
