@@ -2,7 +2,8 @@
 Model freshness: how long a dataset version took to reach each stage of the loop.
 
 For a DAG run started by a dataset version, the time from the version's completion (its
-``completed_at``: the marker file's modification time) to
+``completed_at``: the marker file's modification time; for a version named in ``dag_run.conf``
+without it, read from the storage) to
 
 * ``run_started``: the DAG run's start,
 * ``trained``: the training task's success,
@@ -31,6 +32,8 @@ STAGES = ("run_started", "trained", "promoted", "decided")
 METRIC = "freshness.version_to_{stage}_seconds"
 TAG_DECISION = "freshness.decision"
 STATS_NAME = "ml_provider.freshness.version_to_{stage}"
+# Completion times read from the storage, per (DAG run, version, uri): looked up, and explained, once.
+_FROM_SOURCE: dict[tuple[str, str, str], tuple[str | None, str]] = {}
 
 
 def _parse(value: Any) -> datetime | None:
@@ -46,11 +49,32 @@ def _parse(value: Any) -> datetime | None:
 
 
 def version_completed_at(context: Any) -> datetime | None:
-    """When the DAG run's dataset version was completed; None for a run no version started."""
+    """
+    When the DAG run's dataset version was completed; None for a run no version started.
+
+    A version named in ``dag_run.conf`` without ``completed_at`` is looked up in its storage (its
+    completion marker's time); when that cannot be told either, one line says why no freshness is
+    recorded.
+    """
     from airflow_ml_provider.versions import triggering_version
 
     version = triggering_version(context) or {}
-    return _parse(version.get("completed_at"))
+    if not version or version.get("completed_at"):
+        return _parse(version.get("completed_at"))
+    run_id = str(getattr(context.get("dag_run"), "run_id", ""))
+    key = (run_id, str(version.get("version")), str(version.get("uri")))
+    if key not in _FROM_SOURCE:
+        from airflow_ml_provider.hooks.completeness import source_completed_at
+
+        _FROM_SOURCE[key] = source_completed_at(version)
+        completed, why = _FROM_SOURCE[key]
+        if completed is None:
+            log.info(
+                "Freshness is not recorded for dataset version %s: it has no completed_at and %s.",
+                key[1],
+                why,
+            )
+    return _parse(_FROM_SOURCE[key][0])
 
 
 def record(

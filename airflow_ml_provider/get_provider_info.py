@@ -50,7 +50,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "hooks": [
             {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
-            {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.hooks.datasets"]},
+            {
+                "integration-name": DATASETS,
+                "python-modules": [
+                    "airflow_ml_provider.hooks.datasets",
+                    "airflow_ml_provider.hooks.completeness",
+                ],
+            },
             {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.hooks.kubernetes"]},
             {"integration-name": TUNING, "python-modules": ["airflow_ml_provider.hooks.tuning_storage"]},
         ],

@@ -204,6 +204,21 @@ def _mtime(info: Mapping[str, Any]) -> float | None:
     return float(value) if value else None
 
 
+def folder_completion(files: Mapping[str, float | None], marker: str | None) -> tuple[bool, float | None]:
+    """
+    Whether a version folder holding ``files`` (name -> modification time) is complete, and when.
+
+    The one rule of completeness, shared by the watcher (:class:`PartitionedSource`) and the tasks
+    that read a version (:mod:`airflow_ml_provider.hooks.completeness`): complete once ``marker`` is
+    there, completed at the marker's time; with no marker, complete, at its newest file's time.
+    """
+    if marker is None:
+        return True, max((m for m in files.values() if m is not None), default=None)
+    if marker not in files:
+        return False, None
+    return True, files[marker]
+
+
 class _Warnings:
     """Log a refusal once per name, so a bad folder does not flood the log every poll."""
 
@@ -341,15 +356,13 @@ class PartitionedSource:
                 if info.get("type") == "file":
                     name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
                     files.append((name, int(info.get("size") or 0), _mtime(info)))
-        by_name = {name: (size, mtime) for name, size, mtime in files}
-        if self.marker is not None and self.marker not in by_name:
+        complete, completed = folder_completion({name: mtime for name, _, mtime in files}, self.marker)
+        if not complete:
             return None
         digest = hashlib.sha256()
         for name, size, _ in sorted(files):
             if name != self.marker:
                 digest.update(f"{name}\x1f{size}\n".encode())
-        stamps = [m for _, _, m in files if m is not None]
-        completed = by_name[self.marker][1] if self.marker else max(stamps, default=None)
         data = [f for f in files if f[0] != self.marker]
         return DatasetVersion(
             name=self.name,

@@ -44,6 +44,7 @@ class InfraValidationOperator(MLStepOperator):
         cache" page); off by default, since it measures latency on this worker.
     """
 
+    dataset_inputs = ("data_uri",)
     cache_inputs = ("data_uri",)
     cache_artifacts = (ARTIFACT_DIR,)
 

@@ -101,6 +101,7 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
     )
     gang_step = STEP
     gang_label = "Training gang"
+    dataset_inputs = ("train_uri", "eval_uri")
     cache_inputs = ("train_uri", "eval_uri", "schema_uri", "warm_start_from")
     cache_volatile = (*StepCacheMixin.cache_volatile, "dataset_version", "model_dir")
     cache_artifacts = ("training",)

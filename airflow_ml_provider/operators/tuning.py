@@ -115,6 +115,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
     ui_color = "#efe3f6"
     gang_step = WORKER_STEP
     gang_label = "Tuning gang"
+    dataset_inputs = ("train_uri", "eval_uri")
 
     def __init__(
         self,

@@ -55,6 +55,7 @@ class DataValidationOperator(MLStepOperator):
     """
 
     cache_by_default = True
+    dataset_inputs = ("data_uri",)
     cache_inputs = ("data_uri", "schema_uri", "previous_statistics_uri", "serving_statistics_uri")
     cache_content_inputs = ("previous_statistics_uri", "serving_statistics_uri")  # fetched copies
     cache_artifacts = (ARTIFACT_DIR,)
@@ -183,6 +184,8 @@ class SchemaInferenceOperator(MLStepOperator):
     :param data_format: ``"csv"``, ``"parquet"`` or None (templated).
     :param overwrite: replace an existing schema file.
     """
+
+    dataset_inputs = ("data_uri",)
 
     template_fields: Sequence[str] = (
         "data_uri",

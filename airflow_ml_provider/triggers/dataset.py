@@ -45,6 +45,8 @@ def payload_of(version: DatasetVersion, previous: str | None, source: DatasetVer
         "previous_version": previous,
         "source": source.kind,
         "root": getattr(source, "uri", None),
+        # The source's completeness rule, which the tasks reading this version apply too.
+        **{key: getattr(source, key) for key in ("marker", "pattern", "conn_id") if hasattr(source, key)},
     }
 
 

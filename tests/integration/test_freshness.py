@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from dataset_fixtures import land
 from harness import load_dag, run_dag
 
 pytestmark = pytest.mark.integration
@@ -67,6 +69,22 @@ def test_run_started_reaches_the_parent_run_and_statsd(airflow_db, mlflow_conn, 
     assert timers[0].startswith("airflow.ml_provider.freshness.version_to_run_started:") and timers[
         0
     ].endswith("|ms")
+
+
+def test_a_conf_version_without_completed_at_takes_it_from_its_marker(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path
+):
+    folder = land(tmp_path / "churn", "0007")
+    completed = (datetime.now(UTC) - timedelta(seconds=30)).timestamp()
+    os.utime(folder / "_SUCCESS", (completed, completed))
+    experiment = f"freshness_{uuid.uuid4().hex[:8]}"
+    conf = {"experiment": experiment, "dataset_version": {"version": "0007", "uri": str(folder)}}
+    dag_run = run_dag(load_dag("freshness_probe"), conf=conf)
+    (parent,) = mlflow_client.search_runs(
+        [mlflow_client.get_experiment_by_name(experiment).experiment_id],
+        f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.role` = 'dag_run'",
+    )
+    assert 30 <= parent.data.metrics["freshness.version_to_run_started_seconds"] < 300
 
 
 def test_a_run_no_version_started_records_no_freshness(airflow_db, mlflow_conn, mlflow_client):
