@@ -6,6 +6,7 @@ Everything here starts real processes or talks to real services; nothing is mock
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import signal
@@ -262,6 +263,33 @@ _PROBLEM_LINE = re.compile(
 )
 
 
+_PROBLEM_LEVELS = {"error", "critical", "fatal", "exception"}
+
+
+def _record_problem(record: dict[str, Any]) -> bool:
+    """A JSON record of an Airflow task log file: ERROR or above, or a traceback (structured, or as
+    text: a child process's traceback relayed line by line)."""
+    if str(record.get("level", "")).lower() in _PROBLEM_LEVELS:
+        return True
+    if any(record.get(key) for key in ("exception", "error_detail", "exc_info")):
+        return True
+    return "Traceback (most recent call last)" in str(record.get("event", ""))
+
+
 def log_problems(text: str) -> list[str]:
-    """The lines of a task log (``dag.test()`` writes it to stdout) that are errors or tracebacks."""
-    return [line for line in text.splitlines() if _PROBLEM_LINE.search(line)]
+    """
+    The lines of a task log that are errors or tracebacks: text (``dag.test()`` writes it to
+    stdout) or JSON lines (the task log files of a real executor, one record a line).
+    """
+    problems = []
+    for line in text.splitlines():
+        record = None
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                record = json.loads(line)
+        if isinstance(record, dict):
+            if _record_problem(record):
+                problems.append(line)
+        elif _PROBLEM_LINE.search(line):
+            problems.append(line)
+    return problems

@@ -7,6 +7,7 @@ the REST stores are built here with a credentials callable instead.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from functools import partial
@@ -30,8 +31,35 @@ def bounded_retries() -> dict[str, str]:
     return {key: os.environ.get(key) or value for key, value in BOUNDED_RETRIES.items()}
 
 
+def route_mlflow_logging() -> None:
+    """
+    Send MLflow's log records to the process's own logging, not to MLflow's stderr handler.
+
+    ``import mlflow`` gives the ``mlflow`` logger (and ``sqlalchemy.engine``, ``alembic``, ``huey``)
+    its own handler on stderr, not propagating. In an Airflow task that is Airflow's stderr,
+    logged at ERROR: MLflow's INFO line "Waiting up to 300 seconds for model version to finish
+    creation" would be an error. When the process has configured logging (the root logger has a
+    handler, as in every Airflow task), that handler is removed and the records propagate, at
+    their own level. Without logging configured, MLflow's handler stays (nothing would print
+    them). Idempotent; nothing else is changed.
+    """
+    import mlflow  # noqa: F401 - configures MLflow's loggers on first import
+    from mlflow.utils.logging_utils import MLFLOW_LOGGING_STREAM
+
+    if not logging.getLogger().handlers:
+        return
+    for name in ("mlflow", "sqlalchemy.engine", "alembic", "huey"):
+        logger = logging.getLogger(name)
+        own = [h for h in logger.handlers if getattr(h, "stream", None) is MLFLOW_LOGGING_STREAM]
+        if own:
+            for handler in own:
+                logger.removeHandler(handler)
+            logger.propagate = True
+
+
 def build_client(settings: MlflowSettings) -> MlflowClient:
     """Return a client for ``settings``; plain for database stores, credentialed for HTTP."""
+    route_mlflow_logging()
     from mlflow.store.model_registry.rest_store import RestStore as RegistryRestStore
     from mlflow.store.tracking.rest_store import RestStore as TrackingRestStore
     from mlflow.tracking import MlflowClient

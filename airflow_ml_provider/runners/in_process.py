@@ -23,35 +23,99 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 
 # Lines native libraries write to stderr at ERROR level that are harmless. TensorFlow 2.16's wheels
 # register XLA's CUDA plugins twice and say so at every import, with a GPU or without
-# (tensorflow/tensorflow#62075); the second registration is ignored. Airflow's task supervisor logs
-# a task's stderr at ERROR, so a clean run would show them as errors. (PythonRunner logs them at
-# DEBUG; here they are dropped, since a log record written back to stderr would come round again.)
+# (tensorflow/tensorflow#62075); the second registration is ignored. They are logged at DEBUG.
 HARMLESS_NATIVE_LINE = re.compile(
     r"Unable to register cu(FFT|DNN|BLAS) factory: Attempting to register factory for plugin cu\w+ "
     r"when one has already been registered"
 )
 
+# The severity prefix of TensorFlow's C++ logging and of absl's: "2026-12-07 08:00:00.123456: I
+# tensorflow/...", "E0000 00:00:1765094400.123456  123 cuda_dnn.cc:8310] ...", "W tensorflow/x.cc:1] ...".
+_NATIVE_SEVERITY = re.compile(
+    r"^\s*(?:"
+    r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(?:\.\d+)?: (?P<tf>[IWEF]) "
+    r"|(?P<absl>[IWEF])\d{4} \d\d:\d\d:\d+(?:\.\d+)?\s"
+    r"|(?P<bare>[IWEF]) [\w./-]+\.(?:cc|cpp|c|h):\d+\]"
+    r")"
+)
+_SEVERITY_LEVELS = {"I": logging.INFO, "W": logging.WARNING, "E": logging.ERROR, "F": logging.CRITICAL}
+
+# Where the lines a step writes to file descriptor 2 are logged.
+native_log = logging.getLogger("airflow_ml_provider.stderr")
+
+
+def native_line_level(line: str) -> int:
+    """
+    The logging level of a line a step wrote to stderr.
+
+    TensorFlow's and absl's lines carry their severity (I, W, E, F): INFO, WARNING, ERROR, CRITICAL;
+    a known-harmless ERROR line (:data:`HARMLESS_NATIVE_LINE`) is DEBUG. Any other line (a Python
+    library's ``print`` to stderr, a continuation line) is WARNING: it is kept, never hidden.
+    """
+    if HARMLESS_NATIVE_LINE.search(line):
+        return logging.DEBUG
+    match = _NATIVE_SEVERITY.match(line)
+    if match is None:
+        return logging.WARNING
+    return _SEVERITY_LEVELS[match.group("tf") or match.group("absl") or match.group("bare")]
+
+
+def _writes_to_fd2(logger: logging.Logger) -> bool:
+    """Whether a record of ``logger`` may end up on file descriptor 2 (a handler writes there)."""
+    current: logging.Logger | None = logger
+    handlers = 0
+    while current is not None:
+        handlers += len(current.handlers)
+        for handler in current.handlers:
+            try:
+                if handler.stream.fileno() == 2:  # type: ignore[attr-defined]
+                    return True
+            except Exception:  # no stream, or one without a descriptor (StringIO)
+                continue
+        current = current.parent if current.propagate else None
+    return handlers == 0 and logging.lastResort is not None  # WARNING and above: to sys.stderr
+
 
 @contextlib.contextmanager
-def _harmless_native_lines_dropped() -> Iterator[None]:
+def _native_stderr_logged() -> Iterator[None]:
     """
-    While the step runs, pass what is written to file descriptor 2 through a pipe that drops the
-    known-harmless lines (native code writes there directly, past ``sys.stderr``); the rest goes
-    to the real stderr unchanged.
+    While the step runs, log each line written to file descriptor 2 at its own level.
+
+    Native code (TensorFlow's C++ logging) writes to descriptor 2 directly, past ``sys.stderr``,
+    and Airflow's task supervisor logs a task's stderr at ERROR: TensorFlow's INFO lines would show
+    as errors. Descriptor 2 is therefore a pipe while the step runs; a reader thread logs each line
+    to ``airflow_ml_provider.stderr`` at the level :func:`native_line_level` gives. When a handler of
+    that logger itself writes to descriptor 2 (a console without Airflow's log routing), a logged line
+    would come round again: then the lines go to the real stderr unchanged, but for the harmless
+    ones. A line that cannot be logged is written to the real stderr. Descriptor 2 is restored on
+    exit.
     """
     try:
         saved = os.dup(2)
     except OSError:  # no stderr at all
         yield
         return
+    to_logging = not _writes_to_fd2(native_log)
     read_fd, write_fd = os.pipe()
 
     def pump() -> None:
         with os.fdopen(read_fd, "rb") as pipe:
-            for line in iter(pipe.readline, b""):
-                if not HARMLESS_NATIVE_LINE.search(line.decode("utf-8", errors="replace")):
-                    with contextlib.suppress(OSError):
-                        os.write(saved, line)
+            for raw in iter(pipe.readline, b""):
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                # A progress bar (tqdm: MLflow's artifact downloads) redraws itself after "\r": log its
+                # last state, as a terminal would show it.
+                line = next((part for part in reversed(line.split("\r")) if part.strip()), line)
+                level = native_line_level(line)
+                if to_logging:
+                    try:
+                        native_log.log(level, "%s", line)
+                        continue
+                    except Exception:  # a broken handler: the line goes to stderr
+                        pass
+                elif level == logging.DEBUG:
+                    continue  # harmless (see HARMLESS_NATIVE_LINE)
+                with contextlib.suppress(OSError):
+                    os.write(saved, raw if raw.endswith(b"\n") else raw + b"\n")
 
     reader = threading.Thread(target=pump, name="step-stderr", daemon=True)
     reader.start()
@@ -149,7 +213,7 @@ class InProcessRunner:
         spec_copy = json_round_trip(spec, step=step, what="spec")
         logger.info("Running step %s in-process", step)
         try:
-            with _harmless_native_lines_dropped():
+            with _native_stderr_logged():
                 result = func(spec_copy)
         except Exception as err:
             last_lines = traceback.format_exception_only(err)

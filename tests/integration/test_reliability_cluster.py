@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 import requests
 from cluster import AirflowCluster
-from harness import DATABASE_URL_ENV, MlflowServer, postgres_base_url
+from harness import DATABASE_URL_ENV, MlflowServer, log_problems, postgres_base_url
 from model_fixtures import churn_version, log_churn_model
 from steps_for_tests import PAUSE_DIR_ENV, pause_marker
 
@@ -109,6 +109,28 @@ def env(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -
 
 def _watchers() -> list[str]:
     return [f"reliability_watch_{i:02d}" for i in range(WATCHED_ASSETS)]
+
+
+def task_log_problems(
+    cluster: AirflowCluster, dag_id: str, run_id: str, tries: dict[str, int]
+) -> dict[str, list[str]]:
+    """
+    The ERROR (or worse) records and tracebacks in the log files of the given task tries.
+
+    Each try of a task writes JSON lines to ``$AIRFLOW_HOME/logs/dag_id=…/run_id=…/task_id=…/
+    attempt=N.log``, with what the task process wrote to its stderr as ERROR records (``task.stderr``).
+
+    :param tries: task id -> try number.
+    """
+    run_dir = cluster.home / "logs" / f"dag_id={dag_id}" / f"run_id={run_id}"
+    found: dict[str, list[str]] = {}
+    for task_id, attempt in tries.items():
+        path = run_dir / f"task_id={task_id}" / f"attempt={attempt}.log"
+        assert path.is_file(), f"no log file {path}; there are {sorted(map(str, run_dir.rglob('*.log')))}"
+        problems = log_problems(path.read_text(errors="replace"))
+        if problems:
+            found[f"{task_id} (try {attempt})"] = problems
+    return found
 
 
 # -- processes -----------------------------------------------------------------------------------
@@ -196,6 +218,9 @@ def test_sigkill_in_the_middle_of_each_step_then_retry_loses_and_repeats_nothing
     assert {t: (ti["state"], ti["try_number"]) for t, ti in tis.items()} == {
         t: ("success", 2) for t in killed
     }
+    # The successful tries logged no error and no traceback (issue 22): TensorFlow's native INFO and
+    # WARNING lines, MLflow's INFO lines, never on the task's stderr (which Airflow logs at ERROR).
+    assert task_log_problems(env.cluster, dag_id, run_id, dict.fromkeys(killed, 2)) == {}
 
     # MLflow: one parent run, one run per task (resumed by try 2), nothing left RUNNING.
     experiment = mlflow_client.get_experiment_by_name(dag_id)
@@ -292,6 +317,10 @@ def test_five_dag_runs_at_once_promote_along_one_chain_and_the_champion_never_re
     promote = {r: env.task_instance(dag_id, r, "promote") for r in run_ids}
     assert all(ti["state"] == "success" for ti in evaluate.values()), evaluate
     outcomes = Counter(ti["state"] for ti in promote.values())
+    # Clean tries log no error (issue 22); a promotion refused by compare-and-set fails, with an error.
+    for run_id in run_ids:
+        clean = {"evaluate": 1} | ({"promote": 1} if promote[run_id]["state"] == "success" else {})
+        assert task_log_problems(env.cluster, dag_id, run_id, clean) == {}
     overlap = _max_overlap(
         [(ti["start_date"].timestamp(), ti["end_date"].timestamp()) for ti in evaluate.values()]
     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import pytest
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.runners import InProcessRunner, PythonRunner, StepRunner, get_runner
+from airflow_ml_provider.runners.in_process import native_line_level
 
 pytestmark = pytest.mark.unit
 
@@ -30,13 +32,25 @@ HARMLESS = (
     "2026-12-07 07:41:40.847880: E external/local_xla/xla/stream_executor/cuda/cuda_dnn.cc:10575] Unable to "
     "register cuDNN factory: Attempting to register factory for plugin cuDNN when one has already been registered"
 )
+INFO_LINE = "2026-12-07 08:11:07.687819: I tensorflow/core/util/port.cc:113] oneDNN custom operations are on."
+WARNING_LINE = (
+    "2026-12-07 08:11:11.135773: W tensorflow/compiler/tf2tensorrt/utils/py_utils.cc:38] TF-TRT Warning: "
+    "Could not find TensorRT"
+)
 
 
 def write_native_stderr(spec: dict[str, Any]) -> dict[str, Any]:
     """What TensorFlow's C++ logging does: write to file descriptor 2, past sys.stderr."""
     import os
 
-    os.write(2, f"{HARMLESS}\nE tensorflow/core/x.cc:1] a real error\n".encode())
+    lines = [
+        HARMLESS,
+        "E tensorflow/core/x.cc:1] a real error",
+        INFO_LINE,
+        WARNING_LINE,
+        "a plain line from a library",
+    ]
+    os.write(2, "".join(f"{line}\n" for line in lines).encode())
     return {}
 
 
@@ -131,8 +145,65 @@ def test_get_runner_unknown_kind_names_allowed_values() -> None:
         get_runner("docker")
 
 
-def test_known_harmless_native_error_lines_are_dropped_and_the_rest_passes(capfd) -> None:
+def test_native_stderr_lines_are_logged_at_their_own_level(capfd, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="airflow_ml_provider.stderr")
     assert InProcessRunner().run(f"{__name__}:write_native_stderr", {}) == {}
+    levels = {r.getMessage(): r.levelname for r in caplog.records if r.name == "airflow_ml_provider.stderr"}
+    assert levels == {
+        HARMLESS: "DEBUG",  # tensorflow/tensorflow#62075, at every import
+        "E tensorflow/core/x.cc:1] a real error": "ERROR",
+        INFO_LINE: "INFO",
+        WARNING_LINE: "WARNING",
+        "a plain line from a library": "WARNING",
+    }
+    assert capfd.readouterr().err == ""  # nothing reaches the task's stderr (logged at ERROR by Airflow)
+
+
+@pytest.mark.parametrize(
+    ("line", "level"),
+    [
+        (HARMLESS, logging.DEBUG),
+        (INFO_LINE, logging.INFO),
+        (WARNING_LINE, logging.WARNING),
+        ("I0000 00:00:1765094400.123456   12 port.cc:113] oneDNN custom operations are on.", logging.INFO),
+        ("E1207 08:00:00.123456   12 cuda_executor.cc:1] a real error", logging.ERROR),
+        ("F tensorflow/core/x.cc:1] Check failed", logging.CRITICAL),
+        ("Traceback (most recent call last):", logging.WARNING),
+        ("To enable the following instructions: AVX2 FMA, in other operations, rebuild", logging.WARNING),
+    ],
+)
+def test_native_line_level(line: str, level: int) -> None:
+    assert native_line_level(line) == level
+
+
+def test_native_stderr_goes_to_the_real_stderr_when_logging_would_write_it_there_again(
+    capfd, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="airflow_ml_provider.stderr")
+    console = os.fdopen(2, "w", closefd=False)
+    handler = logging.StreamHandler(console)  # a console handler on descriptor 2
+    logger = logging.getLogger("airflow_ml_provider.stderr")
+    logger.addHandler(handler)
+    try:
+        assert InProcessRunner().run(f"{__name__}:write_native_stderr", {}) == {}
+    finally:
+        logger.removeHandler(handler)
+        console.close()
     err = capfd.readouterr().err
-    assert "a real error" in err  # anything else reaches stderr unchanged
-    assert "Unable to register cuDNN factory" not in err  # tensorflow/tensorflow#62075, at every import
+    assert "a real error" in err and INFO_LINE in err  # everything else reaches stderr unchanged, once
+    assert err.count("a real error") == 1
+    assert "Unable to register cuDNN factory" not in err
+    assert not [r for r in caplog.records if r.name == "airflow_ml_provider.stderr"]
+
+
+def write_progress_bar(spec: dict[str, Any]) -> dict[str, Any]:
+    os.write(2, b"\rDownloading artifacts:   0%| | 0/2\rDownloading artifacts: 100%|#| 2/2\r\n")
+    return {}
+
+
+def test_a_progress_bar_is_logged_in_its_last_state(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG, logger="airflow_ml_provider.stderr")
+    InProcessRunner().run(f"{__name__}:write_progress_bar", {})
+    assert [r.getMessage() for r in caplog.records if r.name == "airflow_ml_provider.stderr"] == [
+        "Downloading artifacts: 100%|#| 2/2"
+    ]
