@@ -228,6 +228,16 @@ def task_xcom(dag_run: Any, task_id: str) -> Any:
     return ti.xcom_pull(task_ids=task_id)
 
 
+def task_mlflow_run(client: Any, experiment_name: str, dag_run: Any, task_id: str) -> Any:
+    """The MLflow run of ``task_id`` in ``dag_run``, in the experiment ``experiment_name`` (exactly one)."""
+    experiment = client.get_experiment_by_name(experiment_name)
+    (run,) = client.search_runs(
+        [experiment.experiment_id],
+        f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.task_id` = '{task_id}'",
+    )
+    return run
+
+
 # -- parallel task processes ------------------------------------------------------------------
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from dataset_fixtures import land
-from harness import load_dag, run_dag, task_states
+from harness import load_dag, run_dag, task_mlflow_run, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -25,12 +25,7 @@ def _conf(folder: Path, **extra: Any) -> dict[str, Any]:
 
 
 def _task_run(client: Any, conf: dict[str, Any], dag_run: Any, task_id: str) -> Any:
-    experiment = client.get_experiment_by_name(conf["experiment"])
-    (run,) = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.task_id` = '{task_id}'",
-    )
-    return run
+    return task_mlflow_run(client, conf["experiment"], dag_run, task_id)
 
 
 def test_a_conf_version_without_its_marker_fails_the_first_reader_and_registers_nothing(

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_xcom
+from harness import load_dag, run_dag, task_mlflow_run, task_xcom
 from model_fixtures import churn_version, log_churn_model
 
 from airflow_ml_provider.cache import TAG_CACHE_HIT, TAG_CACHE_KEY, TAG_CACHE_SOURCE
@@ -34,12 +34,7 @@ def _conf(data_uri: Path | str, **extra: Any) -> dict[str, Any]:
 
 
 def _task_run(client: Any, conf: dict[str, Any], dag_run: Any, task_id: str) -> Any:
-    experiment = client.get_experiment_by_name(conf["experiment"])
-    (run,) = client.search_runs(
-        [experiment.experiment_id],
-        f"tags.`airflow.run_id` = '{dag_run.run_id}' and tags.`airflow.task_id` = '{task_id}'",
-    )
-    return run
+    return task_mlflow_run(client, conf["experiment"], dag_run, task_id)
 
 
 def _artifacts(client: Any, run: Any, path: str = "") -> set[str]:
