@@ -32,12 +32,12 @@ from airflow_ml_provider.exceptions import DatasetVersionIncomplete
 from airflow_ml_provider.hooks.datasets import (
     DEFAULT_MARKER,
     DEFAULT_PATTERN,
-    _entries,
     _iso_from_epoch,
     _local_root,
     _mtime,
     _storage,
     folder_completion,
+    folder_files,
 )
 
 log = logging.getLogger(__name__)
@@ -91,18 +91,6 @@ def _stat(uri: str, conn_id: str | None) -> tuple[str, float | None] | None:
     return ("directory" if info.get("type") == "directory" else "file"), _mtime(info)
 
 
-def _folder_files(folder: str, conn_id: str | None) -> dict[str, float | None]:
-    local = _local_root(os.path.expanduser(folder) if "://" not in folder else folder)
-    if local is not None:
-        with os.scandir(local) as entries:
-            return {e.name: e.stat().st_mtime for e in entries if e.is_file()}
-    return {
-        str(info["name"]).rstrip("/").rsplit("/", 1)[-1]: _mtime(info)
-        for info in _entries(folder, conn_id)
-        if info.get("type") == "file"
-    }
-
-
 def inspect_version(
     uri: str,
     *,
@@ -130,7 +118,8 @@ def inspect_version(
                 uri, None, marker, exists=True, complete=True, completed_at=_iso_from_epoch(mtime)
             )
         folder = parent
-    complete, completed = folder_completion(_folder_files(folder, conn_id), marker)
+    files = folder_files(os.path.expanduser(folder) if "://" not in folder else folder, conn_id)
+    complete, completed = folder_completion({name: mtime for name, _, mtime in files}, marker)
     return VersionState(uri, folder, marker, True, complete, _iso_from_epoch(completed) if complete else None)
 
 

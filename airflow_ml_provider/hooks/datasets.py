@@ -204,6 +204,23 @@ def _mtime(info: Mapping[str, Any]) -> float | None:
     return float(value) if value else None
 
 
+def folder_files(uri: str, conn_id: str | None) -> list[tuple[str, int, float | None]]:
+    """
+    The files directly in folder ``uri``: ``(name, size, modification time)``.
+
+    A local folder is read with ``os.scandir``; any other storage through ObjectStoragePath.
+    """
+    local = _local_root(uri)
+    if local is not None:
+        with os.scandir(local) as entries:
+            return [(e.name, (st := e.stat()).st_size, st.st_mtime) for e in entries if e.is_file()]
+    return [
+        (str(info["name"]).rstrip("/").rsplit("/", 1)[-1], int(info.get("size") or 0), _mtime(info))
+        for info in _entries(uri, conn_id)
+        if info.get("type") == "file"
+    ]
+
+
 def folder_completion(files: Mapping[str, float | None], marker: str | None) -> tuple[bool, float | None]:
     """
     Whether a version folder holding ``files`` (name -> modification time) is complete, and when.
@@ -344,18 +361,7 @@ class PartitionedSource:
     def _inspect(self, folder: str, version: str) -> DatasetVersion | None:
         """The version when complete (marker present), else None; fingerprints its files once."""
         uri = f"{self.uri}/{folder}"
-        files: list[tuple[str, int, float | None]] = []
-        if self._local is not None:
-            with os.scandir(os.path.join(self._local, folder)) as local_entries:
-                for entry in local_entries:
-                    if entry.is_file():
-                        st = entry.stat()
-                        files.append((entry.name, st.st_size, st.st_mtime))
-        else:
-            for info in _entries(uri, self.conn_id):
-                if info.get("type") == "file":
-                    name = str(info["name"]).rstrip("/").rsplit("/", 1)[-1]
-                    files.append((name, int(info.get("size") or 0), _mtime(info)))
+        files = folder_files(uri, self.conn_id)
         complete, completed = folder_completion({name: mtime for name, _, mtime in files}, self.marker)
         if not complete:
             return None
