@@ -26,6 +26,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider import __version__
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_CACHE_RESULT,
+    TAG_CACHE_HIT,
+    TAG_CACHE_KEY,
+    TAG_CACHE_SOURCE_RUN_ID,
+)
+
+# Re-exported under the names operators/_cache.py and the tests import them by.
+from airflow_ml_provider.vocabulary import TAG_CACHE_SOURCE_URL as TAG_CACHE_SOURCE_URL
+from airflow_ml_provider.vocabulary import XCOM_CACHE_SOURCE_URL as XCOM_CACHE_SOURCE_URL
 
 if TYPE_CHECKING:
     from airflow_ml_provider.tracking import TaskRun
@@ -34,13 +44,7 @@ log = logging.getLogger(__name__)
 
 # MLflow run statuses of a run that ended (with or without its gate passing).
 ENDED = ("FINISHED", "FAILED", "KILLED")
-TAG_CACHE_KEY = "airflow_ml.cache_key"
-TAG_CACHE_HIT = "airflow_ml.cache_hit"
-TAG_CACHE_SOURCE = "airflow_ml.cache_source_run_id"
-TAG_CACHE_SOURCE_URL = "airflow_ml.cache_source_url"
-XCOM_CACHE_SOURCE_URL = "mlflow_cache_source_url"
-RESULT_ARTIFACT_DIR = "cache"
-RESULT_ARTIFACT = f"{RESULT_ARTIFACT_DIR}/result.json"
+TAG_CACHE_SOURCE = TAG_CACHE_SOURCE_RUN_ID
 # Files up to this size are fingerprinted by content; larger ones by size and mtime.
 CONTENT_DIGEST_MAX_BYTES = 8 * 1024 * 1024
 MISSING = "missing"
@@ -221,7 +225,7 @@ def _read_result(run: TaskRun, source_id: str) -> dict[str, Any] | None:
 
     workdir = make_scratch_dir("ml-cache")
     try:
-        path = run.hook.client.download_artifacts(source_id, RESULT_ARTIFACT, workdir)
+        path = run.hook.client.download_artifacts(source_id, ARTIFACT_CACHE_RESULT, workdir)
         with open(path, encoding="utf-8") as handle:
             document = json.load(handle)
         if not isinstance(document, dict) or "result" not in document:
@@ -237,6 +241,8 @@ def _read_result(run: TaskRun, source_id: str) -> dict[str, Any] | None:
 def record(run: TaskRun, key: str, step: str, result: Any) -> None:
     """Store ``result`` (the XCom value) with ``run`` and tag it with ``key``: a source from now on."""
     run.hook.client.log_text(
-        run.run_id, json.dumps({"step": step, "key": key, "result": result}, default=str), RESULT_ARTIFACT
+        run.run_id,
+        json.dumps({"step": step, "key": key, "result": result}, default=str),
+        ARTIFACT_CACHE_RESULT,
     )
     run.set_tags({TAG_CACHE_KEY: key, TAG_CACHE_HIT: "false"})

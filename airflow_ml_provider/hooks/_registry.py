@@ -20,16 +20,20 @@ from datetime import UTC
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.exceptions import PromotionRefused
+from airflow_ml_provider.vocabulary import (
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS_CHAMPION,
+    TAG_ALIAS_EPOCH_PREFIX,
+    TAG_REGISTRATION_KEY,
+    TAG_ROLLED_BACK_AT,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-PREVIOUS_CHAMPION = "previous_champion"
-TAG_REGISTRATION_KEY = "airflow_ml.registration_key"
-TAG_EPOCH_PREFIX = "airflow_ml.alias_epoch."
+TAG_EPOCH_PREFIX = TAG_ALIAS_EPOCH_PREFIX  # its earlier name, which the tests import
 
 
 @dataclass(frozen=True)
@@ -121,12 +125,12 @@ class ModelRegistryMixin:
     def alias_epoch(self, model_name: str, alias: str) -> int:
         """How many protected moves ``alias`` of ``model_name`` has had (0 when none)."""
         model = self.client.get_registered_model(model_name)
-        raw = (model.tags or {}).get(TAG_EPOCH_PREFIX + alias, "0")
+        raw = (model.tags or {}).get(TAG_ALIAS_EPOCH_PREFIX + alias, "0")
         try:
             return int(raw)
         except ValueError:
             raise PromotionRefused(
-                f"Registered model {model_name!r} has tag {TAG_EPOCH_PREFIX + alias}={raw!r}, which "
+                f"Registered model {model_name!r} has tag {TAG_ALIAS_EPOCH_PREFIX + alias}={raw!r}, which "
                 "is not an integer; it is written by airflow-ml-provider only. Set it back to the "
                 "last integer value."
             ) from None
@@ -142,8 +146,8 @@ class ModelRegistryMixin:
         *,
         expected: str | None,
         owner: str,
-        alias: str = CHAMPION,
-        previous_alias: str | None = PREVIOUS_CHAMPION,
+        alias: str = ALIAS_CHAMPION,
+        previous_alias: str | None = ALIAS_PREVIOUS_CHAMPION,
     ) -> AliasMove:
         """
         Point ``alias`` at ``version`` only if it still points at ``expected`` (compare-and-set).
@@ -196,8 +200,8 @@ class ModelRegistryMixin:
         self,
         model_name: str,
         *,
-        alias: str = CHAMPION,
-        previous_alias: str = PREVIOUS_CHAMPION,
+        alias: str = ALIAS_CHAMPION,
+        previous_alias: str = ALIAS_PREVIOUS_CHAMPION,
         owner: str | None = None,
     ) -> AliasMove:
         """
@@ -231,11 +235,11 @@ class ModelRegistryMixin:
         )
         if current is not None:
             now = datetime.now(UTC).isoformat(timespec="seconds")
-            self.client.set_model_version_tag(model_name, current, "airflow_ml.rolled_back_at", now)
+            self.client.set_model_version_tag(model_name, current, TAG_ROLLED_BACK_AT, now)
         return move
 
     def _set_epoch(self, model_name: str, alias: str, epoch: int) -> None:
-        self.client.set_registered_model_tag(model_name, TAG_EPOCH_PREFIX + alias, str(epoch))
+        self.client.set_registered_model_tag(model_name, TAG_ALIAS_EPOCH_PREFIX + alias, str(epoch))
 
 
 def alias_changed(

@@ -18,6 +18,7 @@ from airflow.sdk import BaseHook
 
 from airflow_ml_provider.exceptions import MlflowConnectionError
 from airflow_ml_provider.hooks._registry import ModelRegistryMixin
+from airflow_ml_provider.vocabulary import EXPERIMENT_CLAIMS_PREFIX, TAG_CLAIM_KEY, TAG_CLAIM_VALUE, TAG_NOTE
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -31,8 +32,6 @@ MAX_METRICS_PER_BATCH = 1000
 MAX_PARAMS_PER_BATCH = 100
 MAX_TAGS_PER_BATCH = 100
 MAX_ENTITIES_PER_BATCH = 1000
-
-CLAIMS_EXPERIMENT_PREFIX = ".airflow-ml-provider/claims/"
 
 
 def _truthy(value: Any) -> bool:
@@ -404,9 +403,9 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
         from mlflow.exceptions import MlflowException
 
         name = self.claim_name(key)
-        tags = {"airflow_ml.claim.value": value, "airflow_ml.claim.key": key[:5000]}
+        tags = {TAG_CLAIM_VALUE: value, TAG_CLAIM_KEY: key[:5000]}
         if description:
-            tags["mlflow.note.content"] = description
+            tags[TAG_NOTE] = description
         try:
             claim_id = self.client.create_experiment(name, tags=tags)
         except MlflowException as err:
@@ -426,11 +425,11 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
         experiment = self.client.get_experiment_by_name(self.claim_name(key))
         if experiment is None:
             return None
-        return experiment.tags.get("airflow_ml.claim.value")
+        return experiment.tags.get(TAG_CLAIM_VALUE)
 
     @staticmethod
     def claim_name(key: str) -> str:
-        return CLAIMS_EXPERIMENT_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:40]
+        return EXPERIMENT_CLAIMS_PREFIX + hashlib.sha256(key.encode()).hexdigest()[:40]
 
     def _hide_experiment(self, experiment_id: str) -> None:
         try:

@@ -13,22 +13,25 @@ from urllib.parse import quote
 
 from airflow.sdk import BaseOperatorLink, BaseXCom
 
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_EVALUATION_REPORT,
+    ARTIFACT_VALIDATION_REPORT,
+    XCOM_CACHE_SOURCE_URL,
+    XCOM_RUN_URL,
+)
+
 if TYPE_CHECKING:
     from airflow.sdk import BaseOperator
     from airflow.sdk.types import TaskInstanceKey
 
 
 def _run_url(ti_key: TaskInstanceKey) -> str:
-    from airflow_ml_provider.tracking import XCOM_RUN_URL  # not needed to parse DAG files
-
     url = BaseXCom.get_value(ti_key=ti_key, key=XCOM_RUN_URL)  # type: ignore[arg-type]
     return str(url) if url else ""
 
 
 def _source_url(ti_key: TaskInstanceKey) -> str:
     """The MLflow run whose result a cache hit reused (empty when the task ran its step)."""
-    from airflow_ml_provider.cache import XCOM_CACHE_SOURCE_URL
-
     url = BaseXCom.get_value(ti_key=ti_key, key=XCOM_CACHE_SOURCE_URL)  # type: ignore[arg-type]
     return str(url) if url else ""
 
@@ -66,14 +69,14 @@ class ValidationReportLink(_RunArtifactLink):
     """The data validation report (statistics, anomalies, drift) the task logged."""
 
     name = "Validation report"
-    path = "validation/report.html"
+    path = ARTIFACT_VALIDATION_REPORT
 
 
 class EvaluationReportLink(_RunArtifactLink):
     """The model evaluation report (metrics per slice, thresholds, candidate against baseline)."""
 
     name = "Evaluation report"
-    path = "evaluation/report.html"
+    path = ARTIFACT_EVALUATION_REPORT
 
 
 class RegisteredModelVersionLink(BaseOperatorLink):
@@ -83,7 +86,7 @@ class RegisteredModelVersionLink(BaseOperatorLink):
 
     def get_link(self, operator: BaseOperator, *, ti_key: TaskInstanceKey) -> str:
         url = _run_url(ti_key)
-        promoted: Any = BaseXCom.get_value(ti_key=ti_key, key="return_value")  # type: ignore[arg-type]
+        promoted: Any = BaseXCom.get_value(ti_key=ti_key, key=BaseXCom.XCOM_RETURN_KEY)  # type: ignore[arg-type]
         if "/#/" not in url or not isinstance(promoted, dict) or not promoted.get("version"):
             return ""
         base = url.split("/#/", 1)[0]

@@ -8,6 +8,30 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import RegisteredModelVersionLink
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.vocabulary import (
+    ALIAS_CHAMPION,
+    ALIAS_PREVIOUS_CHAMPION,
+    PROMOTION_ALREADY_CHAMPION,
+    PROMOTION_PROMOTED,
+    PROMOTION_REFUSED,
+    STEP_PROMOTE,
+    STEP_VALIDATE_DATA,
+    TAG_CANDIDATE_MODEL_URI,
+    TAG_DAG_RUN_KEY,
+    TAG_EVALUATED_AGAINST,
+    TAG_MODEL_VERSION,
+    TAG_PROMOTED_AT,
+    TAG_PROMOTED_TO,
+    TAG_PROMOTION,
+    TAG_PROMOTION_REFUSED,
+    TAG_REPLACED_VERSION,
+    TAG_STEP,
+    TAG_VERSION_DAG_ID,
+    TAG_VERSION_DAG_RUN,
+    TAG_VERSION_DATASET_VERSION,
+    TAG_VERSION_METRIC_PREFIX,
+    TAG_VERSION_RUN_PREFIX,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -64,8 +88,8 @@ class PromoteModelOperator(MLflowTrackedOperator):
         model_name: str,
         evaluation: Any,
         infra_validation: Any = None,
-        alias: str = "champion",
-        previous_alias: str | None = "previous_champion",
+        alias: str = ALIAS_CHAMPION,
+        previous_alias: str | None = ALIAS_PREVIOUS_CHAMPION,
         key_metrics: list[str] | None = None,
         on_refused: str = "fail",
         **kwargs: Any,
@@ -105,13 +129,13 @@ class PromoteModelOperator(MLflowTrackedOperator):
         self._check_arguments()
         evaluation: dict[str, Any] = self.evaluation
         run.log_params({"model_name": self.model_name, "alias": self.alias})
-        run.set_tags({"airflow_ml.step": "promote"})  # how the Airflow UI's ML lineage view finds it
+        run.set_tags({TAG_STEP: STEP_PROMOTE})  # how the Airflow UI's ML lineage view finds it
         try:
             expected = self._expected_version(evaluation)
             self._require_blessings(evaluation)
             summary = self._promote(context, run, evaluation, expected)
         except PromotionRefused as err:
-            run.set_tags({"airflow_ml.promotion": "refused", "airflow_ml.promotion_refused": str(err)[:5000]})
+            run.set_tags({TAG_PROMOTION: PROMOTION_REFUSED, TAG_PROMOTION_REFUSED: str(err)[:5000]})
             run.flush()
             freshness.record(context, run, "decided", decision="not promoted: the promotion was refused")
             if self.on_refused == "skip":
@@ -185,7 +209,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
         uri = evaluation["candidate_model_uri"]
         if current is not None and uri in (
             current.source,
-            (current.tags or {}).get("airflow_ml.candidate_model_uri"),
+            (current.tags or {}).get(TAG_CANDIDATE_MODEL_URI),
         ):
             # The same model again (a re-run on the same data): nothing to register or move.
             self.log.info(
@@ -195,9 +219,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
                 uri,
                 current_version,
             )
-            run.set_tags(
-                {"airflow_ml.promotion": "already_champion", "airflow_ml.model_version": str(current_version)}
-            )
+            run.set_tags({TAG_PROMOTION: PROMOTION_ALREADY_CHAMPION, TAG_MODEL_VERSION: str(current_version)})
             return {
                 "model_name": self.model_name,
                 "version": str(current_version),
@@ -239,14 +261,14 @@ class PromoteModelOperator(MLflowTrackedOperator):
             )
         except PromotionRefused as err:
             hook.client.set_model_version_tag(
-                self.model_name, version.version, "airflow_ml.promotion_refused", str(err)[:5000]
+                self.model_name, version.version, TAG_PROMOTION_REFUSED, str(err)[:5000]
             )
             raise
         now = datetime.now(UTC).isoformat(timespec="seconds")
         for key, value in {
-            "airflow_ml.promoted_at": now,
-            "airflow_ml.promoted_to": self.alias,
-            "airflow_ml.replaced_version": expected or "none",
+            TAG_PROMOTED_AT: now,
+            TAG_PROMOTED_TO: self.alias,
+            TAG_REPLACED_VERSION: expected or "none",
         }.items():
             hook.client.set_model_version_tag(self.model_name, version.version, key, value)
         summary = {
@@ -261,7 +283,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
             "epoch": move.epoch,
             "mlflow_run_id": run.run_id,
         }
-        run.set_tags({"airflow_ml.promotion": "promoted", "airflow_ml.model_version": str(version.version)})
+        run.set_tags({TAG_PROMOTION: PROMOTION_PROMOTED, TAG_MODEL_VERSION: str(version.version)})
         run.log_params({"version": version.version, "previous_version": expected or "none"})
         self.log.info(
             "%s of %s is now version %s (was %s).", self.alias, self.model_name, version.version, expected
@@ -271,15 +293,13 @@ class PromoteModelOperator(MLflowTrackedOperator):
     def _lineage_tags(
         self, run: TaskRun, identity: Any, evaluation: dict[str, Any], expected: str | None
     ) -> dict[str, str]:
-        from airflow_ml_provider.tracking import TAG_DAG_RUN_KEY
-
         tags = {
-            "airflow_ml.dag_id": identity.dag_id,
-            "airflow_ml.dag_run": identity.run_id,
-            "airflow_ml.candidate_model_uri": str(evaluation["candidate_model_uri"]),
-            "airflow_ml.dataset_version": str(evaluation.get("dataset_version") or ""),
-            "airflow_ml.evaluated_against": expected or "none",
-            "airflow_ml.run.promotion": run.run_id,
+            TAG_VERSION_DAG_ID: identity.dag_id,
+            TAG_VERSION_DAG_RUN: identity.run_id,
+            TAG_CANDIDATE_MODEL_URI: str(evaluation["candidate_model_uri"]),
+            TAG_VERSION_DATASET_VERSION: str(evaluation.get("dataset_version") or ""),
+            TAG_EVALUATED_AGAINST: expected or "none",
+            f"{TAG_VERSION_RUN_PREFIX}promotion": run.run_id,
         }
         runs = {
             "training": evaluation.get("training_run_id"),
@@ -287,12 +307,12 @@ class PromoteModelOperator(MLflowTrackedOperator):
             "infra_validation": (self.infra_validation or {}).get("mlflow_run_id"),
         }
         validation = run.hook.find_runs(
-            run.experiment_id, {TAG_DAG_RUN_KEY: identity.dag_run_key, "airflow_ml.step": "validate_data"}
+            run.experiment_id, {TAG_DAG_RUN_KEY: identity.dag_run_key, TAG_STEP: STEP_VALIDATE_DATA}
         )
         if validation:
             runs["validation"] = ",".join(r.info.run_id for r in validation)
-        tags.update({f"airflow_ml.run.{k}": str(v) for k, v in runs.items() if v})
+        tags.update({f"{TAG_VERSION_RUN_PREFIX}{k}": str(v) for k, v in runs.items() if v})
         metrics = evaluation.get("metrics") or {}
         names = self.key_metrics or sorted(metrics)[:MAX_METRIC_TAGS]
-        tags.update({f"airflow_ml.metric.{n}": f"{metrics[n]:.6g}" for n in names if n in metrics})
+        tags.update({f"{TAG_VERSION_METRIC_PREFIX}{n}": f"{metrics[n]:.6g}" for n in names if n in metrics})
         return {k: v for k, v in tags.items() if v}

@@ -29,12 +29,13 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from airflow_ml_provider.vocabulary import XCOM_EXPERIMENT_ID
+
 log = logging.getLogger(__name__)
 
 CONFIG_SECTION = "ml_provider"
 CONN_OPTION = "lineage_mlflow_conn_id"
 DEFAULT_CONN_ID = "mlflow_default"
-XCOM_EXPERIMENT_ID = "mlflow_experiment_id"
 TEMPLATES = Path(__file__).parent / "templates"
 
 # The Airflow UI shows the page in a frame sandboxed without "allow-popups", where a plain

@@ -25,14 +25,49 @@ from urllib.parse import quote
 
 from airflow_ml_provider.hooks.mlflow import redact_text
 from airflow_ml_provider.plugins.lineage_artifacts import ArtifactRefused, ArtifactStoreError, RunArtifacts
-from airflow_ml_provider.tracking import (
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_EVALUATION_DIR,
+    ARTIFACT_EVALUATION_METRICS,
+    ARTIFACT_EVALUATION_RECORD,
+    ARTIFACT_EVALUATION_REPORT,
+    ARTIFACT_EVALUATION_THRESHOLDS,
+    ARTIFACT_INFRA_VALIDATION_DIR,
+    ARTIFACT_TRAINING_DIR,
+    ARTIFACT_TUNING_DIR,
+    ARTIFACT_TUNING_SUMMARY,
+    ARTIFACT_VALIDATION_ANOMALIES,
+    ARTIFACT_VALIDATION_DIR,
+    ARTIFACT_VALIDATION_REPORT,
+    METRIC_FRESHNESS,
+    PROMOTION_PROMOTED,
+    ROLE_DAG_RUN,
+    ROLE_TASK,
+    STEP_EVALUATE_MODEL,
+    STEP_INFRA_VALIDATE,
+    STEP_PROMOTE,
+    STEP_TRAIN_MODEL,
+    STEP_TUNE,
+    STEP_VALIDATE_DATA,
+    TAG_BLESSED,
+    TAG_CACHE_HIT,
+    TAG_CACHE_SOURCE_RUN_ID,
     TAG_DAG_ID,
+    TAG_DATASET_PREFIX,
+    TAG_FRESHNESS_DECISION,
+    TAG_INFRA_BLESSED,
     TAG_MAP_INDEX,
+    TAG_MODEL_VERSION,
+    TAG_PROMOTION,
+    TAG_PROMOTION_REFUSED,
     TAG_ROLE,
     TAG_RUN_ID,
+    TAG_STEP,
+    TAG_STUDY,
     TAG_TASK_ID,
+    TAG_TRY_NUMBER,
+    TAG_TUNING_ROLE,
+    TUNING_ROLE_WORKER,
 )
-from airflow_ml_provider.tracking import TAG_TRY_NUMBER as TAG_TRY
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -41,16 +76,14 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_STEP = "airflow_ml.step"
-
-# airflow_ml.step -> stage, in the order the view shows them.
+# TAG_STEP value -> stage, in the order the view shows them.
 STAGES = {
-    "validate_data": "validation",
-    "tune": "tuning",
-    "train_model": "training",
-    "evaluate_model": "evaluation",
-    "infra_validate": "infra_validation",
-    "promote": "promotion",
+    STEP_VALIDATE_DATA: "validation",
+    STEP_TUNE: "tuning",
+    STEP_TRAIN_MODEL: "training",
+    STEP_EVALUATE_MODEL: "evaluation",
+    STEP_INFRA_VALIDATE: "infra_validation",
+    STEP_PROMOTE: "promotion",
 }
 STAGE_TITLES = {
     "validation": "Data validation",
@@ -61,7 +94,13 @@ STAGE_TITLES = {
     "promotion": "Promotion",
 }
 # Artifacts the view may serve (reports and plots the steps wrote), by top folder.
-SERVED_FOLDERS = ("validation", "evaluation", "tuning", "infra_validation", "training")
+SERVED_FOLDERS = (
+    ARTIFACT_VALIDATION_DIR,
+    ARTIFACT_EVALUATION_DIR,
+    ARTIFACT_TUNING_DIR,
+    ARTIFACT_INFRA_VALIDATION_DIR,
+    ARTIFACT_TRAINING_DIR,
+)
 SERVED_SUFFIXES = {".html": "text/html; charset=utf-8", ".png": "image/png", ".json": "application/json"}
 MAX_ANOMALIES = 200
 MAX_SLICES = 200
@@ -107,8 +146,8 @@ def collect_lineage(
     if not experiment_ids:
         return lineage
     runs = _search(hook, experiment_ids, dag_id, run_id)
-    parent = next((r for r in runs if r.data.tags.get(TAG_ROLE) == "dag_run"), None)
-    tasks = [r for r in runs if r.data.tags.get(TAG_ROLE) == "task"]
+    parent = next((r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_DAG_RUN), None)
+    tasks = [r for r in runs if r.data.tags.get(TAG_ROLE) == ROLE_TASK]
     if parent is None and not tasks:
         return lineage
     lineage["empty"] = False
@@ -245,12 +284,12 @@ def _run_info(hook: MlflowHook, run: Run) -> dict[str, Any]:
         "run_url": hook.run_url(run.info.experiment_id, run.info.run_id),
         "task_id": tags.get(TAG_TASK_ID),
         "map_index": int(tags.get(TAG_MAP_INDEX) or -1),
-        "try_number": tags.get(TAG_TRY),
+        "try_number": tags.get(TAG_TRY_NUMBER),
         "start_time": run.info.start_time,
         "end_time": run.info.end_time,
-        "cache_hit": tags.get("airflow_ml.cache_hit") == "true",
-        "cache_source_run_id": tags.get("airflow_ml.cache_source_run_id"),
-        # Never the airflow_ml.cache_source_url tag: a link points at the configured MLflow UI.
+        "cache_hit": tags.get(TAG_CACHE_HIT) == "true",
+        "cache_source_run_id": tags.get(TAG_CACHE_SOURCE_RUN_ID),
+        # Never the TAG_CACHE_SOURCE_URL tag: a link points at the configured MLflow UI.
         "cache_source_url": None,
         "cache_source_hidden": False,
     }
@@ -258,8 +297,8 @@ def _run_info(hook: MlflowHook, run: Run) -> dict[str, Any]:
 
 def _details_run(hook: MlflowHook, run: Run) -> Run:
     """The run that holds a stage's records: a cache hit's are in the run whose result it reused."""
-    source = run.data.tags.get("airflow_ml.cache_source_run_id")
-    if run.data.tags.get("airflow_ml.cache_hit") != "true" or not source:
+    source = run.data.tags.get(TAG_CACHE_SOURCE_RUN_ID)
+    if run.data.tags.get(TAG_CACHE_HIT) != "true" or not source:
         return run
     try:
         return hook.client.get_run(source)
@@ -268,6 +307,7 @@ def _details_run(hook: MlflowHook, run: Run) -> Run:
         return run
 
 
+# Keyed by FRESHNESS_STAGES, in their order (tests/unit/test_vocabulary.py checks both).
 FRESHNESS_LABELS = {
     "run_started": "DAG run started",
     "trained": "model trained",
@@ -280,23 +320,23 @@ def _freshness(parent: Run) -> dict[str, Any] | None:
     """The parent run's freshness figures (see airflow_ml_provider.freshness), in stage order."""
     metrics = parent.data.metrics
     stages = [
-        {"stage": stage, "label": label, "seconds": float(metrics[f"freshness.version_to_{stage}_seconds"])}
+        {"stage": stage, "label": label, "seconds": float(metrics[METRIC_FRESHNESS.format(stage=stage)])}
         for stage, label in FRESHNESS_LABELS.items()
-        if f"freshness.version_to_{stage}_seconds" in metrics
+        if METRIC_FRESHNESS.format(stage=stage) in metrics
     ]
     if not stages:
         return None
-    return {"stages": stages, "decision": parent.data.tags.get("freshness.decision")}
+    return {"stages": stages, "decision": parent.data.tags.get(TAG_FRESHNESS_DECISION)}
 
 
 def _stage_of(run: Run) -> str | None:
     tags = run.data.tags
     step = tags.get(TAG_STEP)
-    if step == "tune" and tags.get("airflow_ml.tuning_role") == "worker":
+    if step == STEP_TUNE and tags.get(TAG_TUNING_ROLE) == TUNING_ROLE_WORKER:
         return None  # a mapped worker slot: the summary task carries the study's result
     if step in STAGES:
         return STAGES[step]
-    if "airflow_ml.promotion" in tags:  # promotion runs logged before the step tag existed
+    if TAG_PROMOTION in tags:  # promotion runs logged before the step tag existed
         return "promotion"
     return None
 
@@ -305,9 +345,9 @@ def _dataset_versions(tags: dict[str, str]) -> list[dict[str, str]]:
     """``dataset.<asset>.<field>`` (or ``dataset.<field>`` for a version given in conf) tags."""
     found: dict[str, dict[str, str]] = {}
     for key, value in tags.items():
-        if not key.startswith("dataset."):
+        if not key.startswith(TAG_DATASET_PREFIX):
             continue
-        name, _, field = key[len("dataset.") :].rpartition(".")
+        name, _, field = key[len(TAG_DATASET_PREFIX) :].rpartition(".")
         found.setdefault(name, {"asset": name})[field] = value
     return [found[name] for name in sorted(found)]
 
@@ -319,7 +359,7 @@ def _validation(hook: MlflowHook, run: Run) -> dict[str, Any]:
     metrics = run.data.metrics
     anomalies: list[dict[str, str]] = []
     drift: list[dict[str, Any]] = []
-    data = _json_artifact(hook, run, "validation/anomalies.json") or {}
+    data = _json_artifact(hook, run, ARTIFACT_VALIDATION_ANOMALIES) or {}
     for path, info in sorted((data.get("anomalyInfo") or {}).items()):
         reasons = info.get("reason") or [{}]
         for reason in reasons:
@@ -362,7 +402,7 @@ def _validation(hook: MlflowHook, run: Run) -> dict[str, Any]:
         "anomalies": anomalies[:MAX_ANOMALIES],
         "anomalies_truncated": len(anomalies) > MAX_ANOMALIES,
         "drift": drift[:MAX_ANOMALIES],
-        "report": _existing_ref(hook, run, "validation/report.html"),
+        "report": _existing_ref(hook, run, ARTIFACT_VALIDATION_REPORT),
     }
 
 
@@ -391,13 +431,13 @@ def feature_name(path: str) -> str:
 
 
 def _tuning(hook: MlflowHook, run: Run) -> dict[str, Any]:
-    summary = _json_artifact(hook, run, "tuning/summary.json") or {}
+    summary = _json_artifact(hook, run, ARTIFACT_TUNING_SUMMARY) or {}
     best = summary.get("best") or None
     if best and best.get("mlflow_run_id"):
         best = {**best, "run_url": hook.run_url(run.info.experiment_id, str(best["mlflow_run_id"]))}
-    plots = [_artifact_ref(run, f"tuning/{name}") for name in summary.get("plots") or []]
+    plots = [_artifact_ref(run, f"{ARTIFACT_TUNING_DIR}/{name}") for name in summary.get("plots") or []]
     return {
-        "study": summary.get("study_name") or run.data.tags.get("airflow_ml.study"),
+        "study": summary.get("study_name") or run.data.tags.get(TAG_STUDY),
         "metric": summary.get("metric"),
         "direction": summary.get("direction"),
         "trials": summary.get("trials") or {},
@@ -424,9 +464,9 @@ def _training(hook: MlflowHook, run: Run) -> dict[str, Any]:
 
 
 def _evaluation(hook: MlflowHook, run: Run) -> dict[str, Any]:
-    record = _json_artifact(hook, run, "evaluation/record.json") or {}
-    per_slice = (_json_artifact(hook, run, "evaluation/metrics.json") or {}).get("metrics") or {}
-    thresholds = _json_artifact(hook, run, "evaluation/thresholds.json") or []
+    record = _json_artifact(hook, run, ARTIFACT_EVALUATION_RECORD) or {}
+    per_slice = (_json_artifact(hook, run, ARTIFACT_EVALUATION_METRICS) or {}).get("metrics") or {}
+    thresholds = _json_artifact(hook, run, ARTIFACT_EVALUATION_THRESHOLDS) or []
     failed = {(f.get("slice"), f.get("metric")) for f in record.get("failures") or []}
     slices = []
     for name, models in list(per_slice.items())[:MAX_SLICES]:
@@ -447,8 +487,8 @@ def _evaluation(hook: MlflowHook, run: Run) -> dict[str, Any]:
             }
         )
     blessed = record.get("blessed")
-    if blessed is None and "airflow_ml.blessed" in run.data.tags:
-        blessed = run.data.tags["airflow_ml.blessed"] == "true"
+    if blessed is None and TAG_BLESSED in run.data.tags:
+        blessed = run.data.tags[TAG_BLESSED] == "true"
     return {
         "blessed": blessed,
         "candidate_model_uri": record.get("candidate_model_uri"),
@@ -460,13 +500,13 @@ def _evaluation(hook: MlflowHook, run: Run) -> dict[str, Any]:
         "slices_truncated": len(per_slice) > MAX_SLICES,
         "example_count": record.get("example_count"),
         "engine": record.get("engine"),
-        "report": _existing_ref(hook, run, "evaluation/report.html"),
+        "report": _existing_ref(hook, run, ARTIFACT_EVALUATION_REPORT),
     }
 
 
 def _infra_validation(hook: MlflowHook, run: Run) -> dict[str, Any]:
     tags, metrics = run.data.tags, run.data.metrics
-    blessed = tags.get("airflow_ml.infra_blessed")
+    blessed = tags.get(TAG_INFRA_BLESSED)
     return {
         "blessed": None if blessed is None else blessed == "true",
         "metrics": {k: v for k, v in sorted(metrics.items()) if k.startswith("infra.")},
@@ -475,11 +515,11 @@ def _infra_validation(hook: MlflowHook, run: Run) -> dict[str, Any]:
 
 def _promotion(hook: MlflowHook, run: Run) -> dict[str, Any]:
     tags, params = run.data.tags, run.data.params
-    outcome = tags.get("airflow_ml.promotion")
+    outcome = tags.get(TAG_PROMOTION)
     model, alias = params.get("model_name"), params.get("alias")
     before = params.get("previous_version")
-    version = tags.get("airflow_ml.model_version") or params.get("version")
-    after = version if outcome == "promoted" else before
+    version = tags.get(TAG_MODEL_VERSION) or params.get("version")
+    after = version if outcome == PROMOTION_PROMOTED else before
     current = None
     if model and alias:
         from mlflow.exceptions import MlflowException
@@ -492,14 +532,14 @@ def _promotion(hook: MlflowHook, run: Run) -> dict[str, Any]:
     base = hook.settings.ui_url
     return {
         "outcome": outcome,
-        "refused": tags.get("airflow_ml.promotion_refused"),
+        "refused": tags.get(TAG_PROMOTION_REFUSED),
         "model_name": model,
         "alias": alias,
         "champion_before": None if before in (None, "none") else before,
         "champion_after": None if after in (None, "none") else after,
         "champion_now": current,
         "version_url": f"{base}/#/models/{quote(model, safe='')}/versions/{version}"
-        if base and model and version and outcome == "promoted"
+        if base and model and version and outcome == PROMOTION_PROMOTED
         else None,
     }
 
@@ -526,7 +566,7 @@ def _ok(stage: str, entry: dict[str, Any]) -> bool | None:
     if stage in ("evaluation", "infra_validation"):
         return details.get("blessed")
     if stage == "promotion":
-        return details.get("outcome") == "promoted"
+        return details.get("outcome") == PROMOTION_PROMOTED
     return True
 
 

@@ -15,13 +15,11 @@ from airflow.sdk.exceptions import AirflowException
 
 from airflow_ml_provider.hooks.mlflow import MlflowHook
 from airflow_ml_provider.triggers.model_alias import ModelAliasTrigger, alias_event, has_moved
+from airflow_ml_provider.vocabulary import ALIAS_CHAMPION, XCOM_MODEL_ALIAS_VERSION_PREFIX
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-# The version a task delivered is kept under a key per (model, alias), so that a task whose
-# model name is templated never compares against another model's version.
-XCOM_KEY_PREFIX = "model_alias_version."
 _PLAIN_NAME = re.compile(r"[\w.-]{1,200}")
 _ALIAS = re.compile(r"[\w-]{1,255}")
 _VERSION_ALIAS = re.compile(r"[vV]\d+")
@@ -29,13 +27,15 @@ _VERSION_ALIAS = re.compile(r"[vV]\d+")
 _UNSET = ("", "None")
 
 
+# The version a task delivered is kept under a key per (model, alias), so that a task whose
+# model name is templated never compares against another model's version.
 def known_version_key(model_name: str, alias: str) -> str:
     """The XCom key under which the sensor records the version it delivered for ``model_name@alias``."""
     if _PLAIN_NAME.fullmatch(model_name):
-        return f"{XCOM_KEY_PREFIX}{model_name}@{alias}"
+        return f"{XCOM_MODEL_ALIAS_VERSION_PREFIX}{model_name}@{alias}"
     # Other characters MLflow allows in a name (spaces, ?, #, %) do not survive the XCom API's URL.
     digest = hashlib.sha256(json.dumps([model_name, alias]).encode()).hexdigest()[:20]
-    return f"{XCOM_KEY_PREFIX}sha256-{digest}@{alias}"
+    return f"{XCOM_MODEL_ALIAS_VERSION_PREFIX}sha256-{digest}@{alias}"
 
 
 def normalize_version(value: Any, argument: str = "known_version") -> str | None:
@@ -90,7 +90,7 @@ class ModelAliasSensor(BaseSensorOperator):
         self,
         *,
         model_name: str,
-        alias: str = "champion",
+        alias: str = ALIAS_CHAMPION,
         known_version: str | None = None,
         mlflow_conn_id: str = MlflowHook.default_conn_name,
         poll_interval: float = 30,

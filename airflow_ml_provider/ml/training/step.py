@@ -7,17 +7,7 @@ or derived here from a Kubernetes Indexed Job's environment) tells each one its 
 the other workers export to a temporary directory (saving can involve collective ops, so every
 worker takes part) that is deleted at once.
 
-Spec (JSON):
-
-- ``run_fn``: ``"package.module:function"``, the user's training function;
-- ``train_uri``, ``eval_uri``, ``data_format``, ``schema_uri``, ``dataset_version``;
-- ``hyperparameters``, ``custom_config``: dicts passed through to ``ctx``;
-- ``strategy``: ``one_device``, ``mirrored`` or ``multi_worker_mirrored``;
-- ``model_dir``: where the chief writes the SavedModel (default: a temporary directory);
-- ``warm_start_from``: a model URI (``models:/name@champion``, ``runs:/...``, ``models:/m-...``)
-  or a local SavedModel directory;
-- ``mlflow``: ``{"run_id": ..., "tracking_uri": ...}``, the task's run (optional);
-- ``seed``: random seed set in every worker before ``run_fn``.
+Spec: :class:`~airflow_ml_provider.ml.specs.TrainModelSpec`, as a JSON dict.
 """
 
 from __future__ import annotations
@@ -30,8 +20,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_ml_provider.ml.registry import step_reference
 from airflow_ml_provider.ml.scratch import make_scratch_dir
+from airflow_ml_provider.ml.specs.training import STRATEGIES as STRATEGIES  # declared with the spec
+from airflow_ml_provider.ml.specs.training import TrainModelSpec
 from airflow_ml_provider.ml.training.cluster import (
     ENV_JOB_NAME,
     TF_CONFIG,
@@ -39,33 +30,13 @@ from airflow_ml_provider.ml.training.cluster import (
     role_from_tf_config,
     tf_config_from_pod_env,
 )
+from airflow_ml_provider.vocabulary import ARTIFACT_TRAINING_RESULT
 
 log = logging.getLogger(__name__)
 
-STRATEGIES = ("one_device", "mirrored", "multi_worker_mirrored")
 MODEL_ARTIFACT = "model"
-RESULT_ARTIFACT = "training/result.json"
+RESULT_ARTIFACT = ARTIFACT_TRAINING_RESULT  # its earlier name, which operators/training.py imports
 PYFUNC_FILE = str(Path(__file__).with_name("pyfunc_model.py"))
-
-
-def _check_spec(spec: dict[str, Any]) -> None:
-    """ValueError naming the first bad field of the spec."""
-    run_fn = spec.get("run_fn")
-    if not isinstance(run_fn, str) or ":" not in run_fn:
-        raise ValueError(
-            f"train_model: run_fn must be a 'package.module:function' reference, got {run_fn!r}."
-        )
-    step_reference(run_fn)
-    if not isinstance(spec.get("train_uri"), str) or not spec["train_uri"]:
-        raise ValueError(
-            f"train_model: train_uri must name the training data, got {spec.get('train_uri')!r}."
-        )
-    strategy = spec.get("strategy", "one_device")
-    if strategy not in STRATEGIES:
-        raise ValueError(f"train_model: strategy {strategy!r} is not one of {', '.join(STRATEGIES)}.")
-    for key in ("hyperparameters", "custom_config", "dataset_version", "mlflow"):
-        if spec.get(key) is not None and not isinstance(spec[key], dict):
-            raise ValueError(f"train_model: {key} must be a dict, got {type(spec[key]).__name__}.")
 
 
 def _setup_tf_config() -> WorkerRole:
@@ -273,40 +244,38 @@ def _run_user_fn(ctx: Any, run_fn_ref: str) -> tuple[Any, float]:
 
 
 def train(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run the user's ``run_fn`` in this worker; the chief exports and logs the model."""
-    _check_spec(spec)
+    """
+    Run the user's ``run_fn`` in this worker; the chief exports and logs the model.
+
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.TrainModelSpec` as a JSON dict.
+    """
+    settings = TrainModelSpec.parse(spec)
     role = _setup_tf_config()
     from airflow_ml_provider.ml.training.context import ChiefTracker, TrainingContext
 
-    mlflow_spec = spec.get("mlflow") or {}
-    tracking_uri = mlflow_spec.get("tracking_uri")
-    tracker = ChiefTracker(mlflow_spec.get("run_id"), enabled=role.is_chief, tracking_uri=tracking_uri)
+    target = settings.mlflow
+    tracker = ChiefTracker(target.run_id, enabled=role.is_chief, tracking_uri=target.tracking_uri)
     if tracker.enabled:
         tracker.connect()  # import MLflow now, not in the first epoch's callback while the gang waits
-    strategy_name = spec.get("strategy", "one_device")
     workdir = make_scratch_dir("ml-train")
     try:
         tf = import_tensorflow()
-        if spec.get("seed") is not None:
-            tf.keras.utils.set_random_seed(int(spec["seed"]))
-        strategy = build_strategy(strategy_name, role)
-        warm = spec.get("warm_start_from")
-        model_dir = spec.get("model_dir") if role.is_chief and spec.get("model_dir") else f"{workdir}/model"
-        ctx = TrainingContext(
-            train_uri=spec["train_uri"],
-            eval_uri=spec.get("eval_uri"),
-            data_format=spec.get("data_format"),
-            dataset_version=dict(spec.get("dataset_version") or {}),
-            schema_uri=spec.get("schema_uri"),
-            hyperparameters=dict(spec.get("hyperparameters") or {}),
-            custom_config=dict(spec.get("custom_config") or {}),
+        if settings.seed is not None:
+            tf.keras.utils.set_random_seed(settings.seed)
+        strategy = build_strategy(settings.strategy, role)
+        warm = settings.warm_start_from
+        warm_path = resolve_warm_start(warm, f"{workdir}/warm", target.tracking_uri) if warm else None
+        model_dir = settings.model_dir if role.is_chief and settings.model_dir else f"{workdir}/model"
+        ctx = TrainingContext.from_spec(
+            settings,
+            hyperparameters=dict(settings.hyperparameters),
             model_dir=str(model_dir),
             strategy=strategy,
-            strategy_name=strategy_name,
+            strategy_name=settings.strategy,
             role=role,
-            warm_start_path=resolve_warm_start(warm, f"{workdir}/warm", tracking_uri) if warm else None,
-            mlflow_run_id=mlflow_spec.get("run_id"),
-            seed=spec.get("seed"),
+            warm_start_path=warm_path,
+            mlflow_run_id=target.run_id,
+            seed=settings.seed,
             tracker=tracker,
         )
         log.info(
@@ -314,12 +283,12 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             role.index,
             role.workers,
             "chief" if role.is_chief else "worker",
-            strategy_name,
+            settings.strategy,
             strategy.num_replicas_in_sync,
-            spec["run_fn"],
+            settings.run_fn,
         )
-        model, seconds = _run_user_fn(ctx, spec["run_fn"])
-        return _finish(spec, ctx, model, seconds, tracker)
+        model, seconds = _run_user_fn(ctx, settings.run_fn)
+        return _finish(settings, ctx, model, seconds, tracker)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -348,14 +317,14 @@ def _clear_model_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
-def _finish(spec: dict[str, Any], ctx: Any, model: Any, seconds: float, tracker: Any) -> dict[str, Any]:
+def _finish(spec: TrainModelSpec, ctx: Any, model: Any, seconds: float, tracker: Any) -> dict[str, Any]:
     """Export (every worker; only the chief's is kept), then log from the chief."""
     if model is not None:
         _clear_model_dir(Path(ctx.model_dir))
         export_saved_model(model, ctx.model_dir)
     elif not (Path(ctx.model_dir) / "saved_model.pb").is_file():
         raise ValueError(
-            f"run_fn {spec['run_fn']} returned None and wrote no SavedModel to ctx.model_dir "
+            f"run_fn {spec.run_fn} returned None and wrote no SavedModel to ctx.model_dir "
             f"({ctx.model_dir}); return the model instead."
         )
     result: dict[str, Any] = {
@@ -372,10 +341,10 @@ def _finish(spec: dict[str, Any], ctx: Any, model: Any, seconds: float, tracker:
     final = {k: float(v[-1]) for k, v in history.items() if v}
     result.update(
         {
-            "saved_model_dir": ctx.model_dir if spec.get("model_dir") else None,
+            "saved_model_dir": ctx.model_dir if spec.model_dir else None,
             "final_metrics": final,
             "epochs": max((len(v) for v in history.values()), default=0),
-            "warm_started_from": spec.get("warm_start_from"),
+            "warm_started_from": spec.warm_start_from,
         }
     )
     if tracker.enabled:
@@ -383,13 +352,15 @@ def _finish(spec: dict[str, Any], ctx: Any, model: Any, seconds: float, tracker:
             {
                 "strategy": ctx.strategy_name,
                 "workers": ctx.role.workers,
-                "run_fn": spec["run_fn"],
-                "warm_start_from": spec.get("warm_start_from") or "",
+                "run_fn": spec.run_fn,
+                "warm_start_from": spec.warm_start_from or "",
                 **{f"hp.{k}": v for k, v in ctx.hyperparameters.items()},
             }
         )
         tracker.log_metrics({f"final_{k}": v for k, v in final.items()}, step=max(0, result["epochs"] - 1))
         tracker.log_metrics({"train_seconds": seconds})
         result["model_uri"] = log_model(tracker.run_id, ctx.model_dir, tracker.tracking_uri)
-        tracker.client.log_text(tracker.run_id, json.dumps(result, indent=2, sort_keys=True), RESULT_ARTIFACT)
+        tracker.client.log_text(
+            tracker.run_id, json.dumps(result, indent=2, sort_keys=True), ARTIFACT_TRAINING_RESULT
+        )
     return result

@@ -18,10 +18,10 @@ import os
 import warnings
 from typing import Any
 
-from airflow_ml_provider.ml.tuning.config import study_settings
+from airflow_ml_provider.ml.specs.tuning import TuningSummarySpec
 from airflow_ml_provider.ml.tuning.storage import redact, storage_url
-from airflow_ml_provider.ml.tuning.trial_runs import ATTR_RUN_ID
-from airflow_ml_provider.ml.tuning.worker import ATTR_ERROR, ATTR_STEPS, check_study_name, retried_numbers
+from airflow_ml_provider.ml.tuning.worker import retried_numbers
+from airflow_ml_provider.vocabulary import TRIAL_ATTR_ERROR, TRIAL_ATTR_RUN_ID, TRIAL_ATTR_STEPS
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ def _jsonable(value: Any) -> Any:
 
 def _pruning_savings(trials: list[Any]) -> dict[str, Any]:
     """Steps run, against the steps the same trials would have run without pruning."""
-    steps = {t.number: int(t.user_attrs.get(ATTR_STEPS, len(t.intermediate_values))) for t in trials}
+    steps = {t.number: int(t.user_attrs.get(TRIAL_ATTR_STEPS, len(t.intermediate_values))) for t in trials}
     complete = [steps[t.number] for t in trials if t.state.name == "COMPLETE"]
     full = max(complete, default=max(steps.values(), default=0))
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -77,11 +77,11 @@ def _write_csv(trials: list[Any], path: str) -> None:
                     t.number,
                     t.state.name,
                     "" if t.value is None else t.value,
-                    t.user_attrs.get(ATTR_STEPS, ""),
+                    t.user_attrs.get(TRIAL_ATTR_STEPS, ""),
                     seconds,
                     *[t.params.get(n, "") for n in names],
-                    t.system_attrs.get(ATTR_RUN_ID, ""),
-                    t.user_attrs.get(ATTR_ERROR, ""),
+                    t.system_attrs.get(TRIAL_ATTR_RUN_ID, ""),
+                    t.user_attrs.get(TRIAL_ATTR_ERROR, ""),
                 ]
             )
 
@@ -122,13 +122,18 @@ def _plots(study: Any, output_dir: str, importances: dict[str, float]) -> list[s
 
 
 def summarize(spec: dict[str, Any]) -> dict[str, Any]:
-    """Summarize the study named in the spec (the same spec as the ``tune`` step's, plus ``output_dir``)."""
+    """
+    Summarize the study named in the spec.
+
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.TuningSummarySpec` as a JSON dict (the
+        ``tune`` spec of the study, plus ``output_dir``).
+    """
+    settings = TuningSummarySpec.parse(spec)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    settings = study_settings(spec)
-    url = storage_url(spec)
-    name = check_study_name(spec.get("study_name"))
+    url = storage_url(settings.storage)
+    name = settings.study_name
     try:
         study = optuna.load_study(study_name=name, storage=url)
     except KeyError:
@@ -142,7 +147,7 @@ def summarize(spec: dict[str, Any]) -> dict[str, Any]:
         {
             "number": t.number,
             "params": t.params,
-            "error": t.user_attrs.get(ATTR_ERROR, "the worker running it died"),
+            "error": t.user_attrs.get(TRIAL_ATTR_ERROR, "the worker running it died"),
         }
         for t in trials
         if t.state.name == "FAIL" and t.number not in retried
@@ -170,16 +175,16 @@ def summarize(spec: dict[str, Any]) -> dict[str, Any]:
             "number": best.number,
             "value": _jsonable(best.value),
             "params": best.params,
-            "mlflow_run_id": best.system_attrs.get(ATTR_RUN_ID),
+            "mlflow_run_id": best.system_attrs.get(TRIAL_ATTR_RUN_ID),
         }
-        summary["hyperparameters"] = {**(spec.get("hyperparameters") or {}), **best.params}
+        summary["hyperparameters"] = {**settings.hyperparameters, **best.params}
     # Every ended trial's run and state: the operator closes runs a killed worker left open.
     summary["ended_runs"] = {
-        str(t.system_attrs[ATTR_RUN_ID]): t.state.name
+        str(t.system_attrs[TRIAL_ATTR_RUN_ID]): t.state.name
         for t in trials
-        if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and t.system_attrs.get(ATTR_RUN_ID)
+        if t.state.name in ("COMPLETE", "PRUNED", "FAIL") and t.system_attrs.get(TRIAL_ATTR_RUN_ID)
     }
-    output_dir = spec.get("output_dir")
+    output_dir = settings.output_dir
     if output_dir:
         os.makedirs(output_dir, exist_ok=True)
         _write_csv(trials, os.path.join(output_dir, "trials.csv"))

@@ -25,17 +25,25 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from airflow_ml_provider.vocabulary import (
+    ROLE_TRIAL,
+    TAG_PARENT_RUN,
+    TAG_ROLE,
+    TAG_STUDY,
+    TAG_TRIAL_ERROR,
+    TAG_TRIAL_NUMBER,
+    TAG_TRIAL_RETRY_OF,
+    TAG_TRIAL_STATE,
+    TAG_TRIAL_WORKER,
+    TRIAL_ATTR_RETRY_OF,
+    TRIAL_ATTR_RUN_ID,
+)
+
 log = logging.getLogger(__name__)
 
-ATTR_RUN_ID = "mlflow_run_id"
-ATTR_RETRY_OF = "failed_trial"  # Optuna's name (RetryFailedTrialCallback.retried_trial_number)
-TAG_STUDY = "airflow_ml.study"
-TAG_TRIAL = "airflow_ml.trial_number"
-TAG_STATE = "airflow_ml.trial_state"
-TAG_ROLE = "airflow.role"
-TAG_PARENT = "mlflow.parentRunId"
-TAG_RETRY_OF = "airflow_ml.retry_of_trial"
-TAG_ERROR = "airflow_ml.error"
+# Their earlier names here, which operators/tuning.py imports.
+TAG_PARENT = TAG_PARENT_RUN
+TAG_STATE = TAG_TRIAL_STATE
 # Intermediate values go out at most this often (and when the trial ends).
 FLUSH_SECONDS = 2.0
 MLFLOW_STATUS = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED", "FAIL": "FAILED"}
@@ -153,12 +161,12 @@ class TrialRuns:
         if not self.enabled:
             return None
         tags = {
-            TAG_PARENT: str(self.parent_run_id),
-            TAG_ROLE: "trial",
+            TAG_PARENT_RUN: str(self.parent_run_id),
+            TAG_ROLE: ROLE_TRIAL,
             TAG_STUDY: self.study_name,
-            TAG_TRIAL: str(trial.number),
-            TAG_STATE: "RUNNING",
-            "airflow_ml.worker": str(worker),
+            TAG_TRIAL_NUMBER: str(trial.number),
+            TAG_TRIAL_STATE: "RUNNING",
+            TAG_TRIAL_WORKER: str(worker),
         }
         storage, trial_id, number, params = trial.storage, trial._trial_id, trial.number, dict(trial.params)
         # ``storage`` is Optuna's thread-safe storage; this thread only reads the trial.
@@ -166,9 +174,9 @@ class TrialRuns:
 
         def create() -> None:
             try:
-                retry_of = storage.get_trial_system_attrs(trial_id).get(ATTR_RETRY_OF)
+                retry_of = storage.get_trial_system_attrs(trial_id).get(TRIAL_ATTR_RETRY_OF)
                 if retry_of is not None:
-                    tags[TAG_RETRY_OF] = str(retry_of)
+                    tags[TAG_TRIAL_RETRY_OF] = str(retry_of)
                 run = self.client.create_run(str(self.experiment_id), tags=tags, run_name=f"trial {number}")
             except BaseException as err:
                 self._error = err
@@ -238,7 +246,7 @@ class TrialRuns:
         mine = [p for p in self._pending if p[0] is run]  # sent with the tags, in one request
         self._pending = [p for p in self._pending if p[0] is not run]
         self.flush()
-        tags = {TAG_STATE: state, **({TAG_ERROR: error[:5000]} if error else {})}
+        tags = {TAG_TRIAL_STATE: state, **({TAG_TRIAL_ERROR: error[:5000]} if error else {})}
 
         def close() -> None:
             from mlflow.entities import Metric, RunTag
@@ -261,7 +269,7 @@ class TrialRuns:
         """The run a worker created for trial ``number`` before it could note the run's id in the trial."""
         runs = self.client.search_runs(
             [str(self.experiment_id)],
-            f"tags.`{TAG_PARENT}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL}` = '{number}' "
+            f"tags.`{TAG_PARENT_RUN}` = '{self.parent_run_id}' and tags.`{TAG_TRIAL_NUMBER}` = '{number}' "
             f"and tags.`{TAG_STUDY}` = '{self.study_name.replace(chr(39), chr(39) * 2)}'",
             max_results=1,
         )
@@ -276,15 +284,15 @@ class TrialRuns:
         """
         if not self.enabled:
             return None
-        run_id = trial.system_attrs.get(ATTR_RUN_ID) or self._find(trial.number)
+        run_id = trial.system_attrs.get(TRIAL_ATTR_RUN_ID) or self._find(trial.number)
         if run_id is None:
             run = self.client.create_run(
                 str(self.experiment_id),
                 tags={
-                    TAG_PARENT: str(self.parent_run_id),
-                    TAG_ROLE: "trial",
+                    TAG_PARENT_RUN: str(self.parent_run_id),
+                    TAG_ROLE: ROLE_TRIAL,
                     TAG_STUDY: self.study_name,
-                    TAG_TRIAL: str(trial.number),
+                    TAG_TRIAL_NUMBER: str(trial.number),
                 },
                 run_name=f"trial {trial.number}",
             )

@@ -2,20 +2,7 @@
 The ``tune`` step: one worker of a study. Every worker (a local process, a mapped Airflow task, a
 pod) runs this same loop against the shared study until the budget is spent.
 
-Spec (JSON), besides the settings of :func:`~airflow_ml_provider.ml.tuning.config.study_settings`:
-
-- ``study_name``; the storage URL comes from ``AIRFLOW_ML_TUNING_STORAGE`` (or ``storage``);
-- ``objective``: ``{"kind": "run_fn" | "function", "ref": "package.module:function"}``, and for
-  ``run_fn`` the training inputs ``train_uri``, ``eval_uri``, ``data_format``, ``schema_uri``,
-  ``dataset_version``; ``custom_config`` for both;
-- ``worker``: this worker's index (default: ``AIRFLOW_ML_TUNING_WORKER``, else a pod's
-  ``JOB_COMPLETION_INDEX``, else 0) and ``parallel``: whether other workers share the study;
-- ``owner``: ``{"key": ..., "try_number": n}``, the task instance that started this worker; its
-  earlier tries' unfinished trials are failed and queued again at once;
-- ``mlflow``: ``{"run_id", "experiment_id"}``, the tuning task's run (the trials' parent);
-- ``heartbeat_interval`` / ``grace_period`` (seconds): a trial without a heartbeat for that long
-  is failed and queued again by the next worker that looks;
-- ``threads``: CPU threads a TensorFlow trial may use.
+Spec: :class:`~airflow_ml_provider.ml.specs.TuneSpec`, as a JSON dict.
 
 Exactly ``n_trials`` trials are started across all workers: a worker decides under a lock shared
 by the study's workers (see :class:`~airflow_ml_provider.ml.tuning.storage.StudyLock`). A trial
@@ -33,39 +20,34 @@ import traceback
 import warnings
 from typing import Any, cast
 
-from airflow_ml_provider.ml.tuning.config import StudySettings, study_settings
+from airflow_ml_provider.ml.specs.tuning import TuneSpec
+from airflow_ml_provider.ml.tuning.config import StudySettings
 from airflow_ml_provider.ml.tuning.objective import Objective, Reporter, build_objective
 from airflow_ml_provider.ml.tuning.storage import StudyLock, make_storage, redact, storage_url
-from airflow_ml_provider.ml.tuning.trial_runs import ATTR_RETRY_OF, ATTR_RUN_ID, RunHandle, TrialRuns
+from airflow_ml_provider.ml.tuning.trial_runs import RunHandle, TrialRuns
+from airflow_ml_provider.vocabulary import (
+    TRIAL_ATTR_ERROR,
+    TRIAL_ATTR_OWNER,
+    TRIAL_ATTR_RETRY_HISTORY,
+    TRIAL_ATTR_RETRY_OF,
+    TRIAL_ATTR_RUN_ID,
+    TRIAL_ATTR_STEPS,
+    TRIAL_ATTR_TRY,
+    TRIAL_ATTR_WORKER,
+)
 
 log = logging.getLogger(__name__)
 
 WORKER_ENV = "AIRFLOW_ML_TUNING_WORKER"
-ATTR_OWNER = "airflow_ml.owner"
-ATTR_TRY = "airflow_ml.try_number"
-ATTR_WORKER = "airflow_ml.worker"
-ATTR_ERROR = "error"
-ATTR_STEPS = "reported_steps"
-ATTR_RETRY_HISTORY = "retry_history"  # Optuna's name, as ATTR_RETRY_OF
-DEFAULT_HEARTBEAT_SECONDS = 10
-DEFAULT_GRACE_SECONDS = 60
 MAX_STALE_RETRIES = 2
-MAX_STUDY_NAME = 500
 
 
-def worker_index(spec: dict[str, Any]) -> int:
-    for value in (spec.get("worker"), os.environ.get(WORKER_ENV), os.environ.get("JOB_COMPLETION_INDEX")):
+def worker_index(spec: TuneSpec) -> int:
+    """The spec's ``worker``, else ``AIRFLOW_ML_TUNING_WORKER``, else a pod's completion index, else 0."""
+    for value in (spec.worker, os.environ.get(WORKER_ENV), os.environ.get("JOB_COMPLETION_INDEX")):
         if value is not None and str(value).strip() != "":
             return int(value)
     return 0
-
-
-def check_study_name(name: Any) -> str:
-    if not isinstance(name, str) or not name.strip() or len(name) > MAX_STUDY_NAME:
-        raise ValueError(
-            f"study_name must be a non-empty string of at most {MAX_STUDY_NAME} characters, got {name!r}."
-        )
-    return name
 
 
 class _Heartbeat:
@@ -117,8 +99,8 @@ class _Retry:
         storage = study._storage
         try:
             run_id = self.runs.run_of(trial)
-            if run_id and trial.system_attrs.get(ATTR_RUN_ID) != run_id:
-                storage.set_trial_system_attr(trial._trial_id, ATTR_RUN_ID, run_id)
+            if run_id and trial.system_attrs.get(TRIAL_ATTR_RUN_ID) != run_id:
+                storage.set_trial_system_attr(trial._trial_id, TRIAL_ATTR_RUN_ID, run_id)
             if not storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 return
         except optuna.exceptions.UpdateFinishedTrialError:
@@ -135,7 +117,7 @@ class _Retry:
         the failed trial's worker, owner and run attributes: the new trial is claimed afresh."""
         import optuna
 
-        history = [*frozen.system_attrs.get(ATTR_RETRY_HISTORY, []), frozen.number]
+        history = [*frozen.system_attrs.get(TRIAL_ATTR_RETRY_HISTORY, []), frozen.number]
         if len(history) > MAX_STALE_RETRIES:
             log.warning("Trial %d is not queued again: it failed %d times", frozen.number, len(history))
             return
@@ -145,8 +127,8 @@ class _Retry:
                 params=frozen.params,
                 distributions=frozen.distributions,
                 system_attrs={
-                    ATTR_RETRY_OF: frozen.system_attrs.get(ATTR_RETRY_OF, frozen.number),
-                    ATTR_RETRY_HISTORY: history,
+                    TRIAL_ATTR_RETRY_OF: frozen.system_attrs.get(TRIAL_ATTR_RETRY_OF, frozen.number),
+                    TRIAL_ATTR_RETRY_HISTORY: history,
                 },
             )
         )
@@ -163,15 +145,15 @@ class _Retry:
             attrs = trial.system_attrs
             if trial._trial_id in stale:
                 reason = "its worker stopped sending heartbeats"
-            elif ATTR_WORKER not in attrs:
+            elif TRIAL_ATTR_WORKER not in attrs:
                 reason = "its worker stopped while starting it"
             elif (
                 earlier_tries
                 and owner
-                and attrs.get(ATTR_OWNER) == owner["key"]
-                and int(attrs.get(ATTR_TRY, 0)) < int(owner["try_number"])
+                and attrs.get(TRIAL_ATTR_OWNER) == owner["key"]
+                and int(attrs.get(TRIAL_ATTR_TRY, 0)) < int(owner["try_number"])
             ):
-                reason = f"try {attrs.get(ATTR_TRY)} of its task ended while it ran"
+                reason = f"try {attrs.get(TRIAL_ATTR_TRY)} of its task ended while it ran"
             else:
                 continue
             self.fail(study, trial, reason)
@@ -179,7 +161,7 @@ class _Retry:
 
 def retried_numbers(trials: list[Any]) -> set[int]:
     """The numbers of failed trials that were queued again (they do not count as failures)."""
-    return {int(n) for t in trials for n in t.system_attrs.get(ATTR_RETRY_HISTORY, [])}
+    return {int(n) for t in trials for n in t.system_attrs.get(TRIAL_ATTR_RETRY_HISTORY, [])}
 
 
 def _stop_reason(study: Any, settings: StudySettings, deadline: float | None) -> str | None:
@@ -209,10 +191,13 @@ def _claim(trial: Any, owner: dict[str, Any] | None, worker: int) -> None:
     dead worker's trial goes stale), the owner task's try, and the worker last (the claim)."""
     storage = trial.storage
     storage.record_heartbeat(trial._trial_id)
-    for key, value in ((ATTR_OWNER, (owner or {}).get("key")), (ATTR_TRY, (owner or {}).get("try_number"))):
+    for key, value in (
+        (TRIAL_ATTR_OWNER, (owner or {}).get("key")),
+        (TRIAL_ATTR_TRY, (owner or {}).get("try_number")),
+    ):
         if value is not None:
             storage.set_trial_system_attr(trial._trial_id, key, value)
-    storage.set_trial_system_attr(trial._trial_id, ATTR_WORKER, worker)
+    storage.set_trial_system_attr(trial._trial_id, TRIAL_ATTR_WORKER, worker)
 
 
 def _tell(study: Any, trial: Any, attrs: dict[str, Any], run: RunHandle | None, **kwargs: Any) -> bool:
@@ -223,7 +208,7 @@ def _tell(study: Any, trial: Any, attrs: dict[str, Any], run: RunHandle | None, 
         for key, value in attrs.items():
             trial.set_user_attr(key, value)
         if run is not None:  # while the trial still runs: Optuna refuses changes to a finished one
-            trial.storage.set_trial_system_attr(trial._trial_id, ATTR_RUN_ID, run.run_id)
+            trial.storage.set_trial_system_attr(trial._trial_id, TRIAL_ATTR_RUN_ID, run.run_id)
         study.tell(trial, **kwargs)
     except optuna.exceptions.UpdateFinishedTrialError:
         # Another worker found this trial stale (no heartbeat within the grace period) and failed it.
@@ -264,9 +249,9 @@ def run_trial(
             state = TrialState.FAIL
             error = f"{type(err).__name__}: {err}"
             log.warning("Trial %d failed: %s\n%s", trial.number, error, traceback.format_exc())
-    attrs: dict[str, Any] = {ATTR_STEPS: reporter.steps}
+    attrs: dict[str, Any] = {TRIAL_ATTR_STEPS: reporter.steps}
     if error:
-        attrs[ATTR_ERROR] = error[:2000]
+        attrs[TRIAL_ATTR_ERROR] = error[:2000]
     told = (
         _tell(study, trial, attrs, run, values=value, state=state)
         if value is not None
@@ -300,18 +285,16 @@ def run_trial(
     }
 
 
-def open_study(spec: dict[str, Any], settings: StudySettings, url: str, worker: int) -> Any:
+def open_study(spec: TuneSpec, settings: StudySettings, url: str, worker: int) -> Any:
     """Create the study, or load it when another worker or an earlier try created it."""
     import optuna
 
-    interval = int(spec.get("heartbeat_interval") or DEFAULT_HEARTBEAT_SECONDS)
-    grace = int(spec.get("grace_period") or max(DEFAULT_GRACE_SECONDS, 3 * interval))
-    storage = make_storage(url, heartbeat_interval=interval, grace_period=grace)
-    name = check_study_name(spec.get("study_name"))
+    storage = make_storage(url, heartbeat_interval=spec.heartbeat_interval, grace_period=spec.grace_seconds)
+    name = spec.study_name
     study = optuna.create_study(
         study_name=name,
         storage=storage,
-        sampler=settings.build_sampler(worker, parallel=bool(spec.get("parallel"))),
+        sampler=settings.build_sampler(worker, parallel=spec.parallel),
         pruner=settings.build_pruner(),
         direction=cast(Any, settings.direction),
         load_if_exists=True,
@@ -326,30 +309,34 @@ def open_study(spec: dict[str, Any], settings: StudySettings, url: str, worker: 
 
 
 def tune(spec: dict[str, Any]) -> dict[str, Any]:
-    """Run trials of the shared study until its budget is spent; return what this worker ran."""
+    """
+    Run trials of the shared study until its budget is spent; return what this worker ran.
+
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.TuneSpec` as a JSON dict.
+    """
+    parsed = TuneSpec.parse(spec)
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own log says what each trial did
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used")
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # one line per trial is ours
-    settings = study_settings(spec)
-    url = storage_url(spec)
-    worker = worker_index(spec)
-    mlflow_spec = spec.get("mlflow") or {}
-    runs = TrialRuns(mlflow_spec.get("run_id"), mlflow_spec.get("experiment_id"), str(spec.get("study_name")))
+    settings = StudySettings.of(parsed)
+    url = storage_url(parsed.storage)
+    worker = worker_index(parsed)
+    runs = TrialRuns(parsed.mlflow.run_id, parsed.mlflow.experiment_id, parsed.study_name)
     runs.connect()
     retry = _Retry(runs)
-    lock = StudyLock(url, check_study_name(spec.get("study_name")))
+    lock = StudyLock(url, parsed.study_name)
     with lock.hold():  # the first worker creates the tables and the study; the others wait for it
-        study = open_study(spec, settings, url, worker)
-    objective = build_objective(spec, threads=spec.get("threads"), worker=worker)
+        study = open_study(parsed, settings, url, worker)
+    objective = build_objective(parsed, worker=worker)
     from airflow_ml_provider.ml.tuning.space import distributions
 
-    space = distributions(settings.space)
-    fixed = dict(spec.get("hyperparameters") or {})
-    owner = spec.get("owner")
-    interval = float(spec.get("heartbeat_interval") or DEFAULT_HEARTBEAT_SECONDS)
+    space = distributions(settings.search_space)
+    fixed = dict(parsed.hyperparameters)
+    owner = parsed.owner
+    interval = float(parsed.heartbeat_interval)
     deadline = time.monotonic() + settings.timeout if settings.timeout else None
     ran: list[dict[str, Any]] = []
     log.info("Worker %d joins study %s in %s", worker, study.study_name, redact(url))
