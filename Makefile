@@ -7,7 +7,7 @@ UV_VERSION := 0.13.9
 VENV := .venv
 SYNC_STAMP := $(VENV)/.synced
 
-.PHONY: reliability setup browser demo demo-serve test test-fast lint typecheck docs dist bench benchmarks clean
+.PHONY: reliability setup browser demo demo-serve test test-fast lint lint-imports typecheck docs dist bench benchmarks clean
 
 $(UV):
 	$(PYTHON) -m venv .tools
@@ -38,6 +38,11 @@ lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
+# The layers of docs/architecture.md, the absence of import cycles and of Airflow in the step layer:
+# the contracts in pyproject.toml ([tool.importlinter]).
+lint-imports: setup
+	$(VENV)/bin/lint-imports
+
 typecheck: setup
 	$(VENV)/bin/mypy
 
@@ -46,13 +51,14 @@ typecheck: setup
 docs: setup
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet
 
-# The full suite: lint, types, the docs, then every test (unit, integration, slow, and the UI in
-# chromium, which it installs from Debian's packages when missing), in PYTEST_WORKERS
-# processes. --dist loadfile keeps each module in one process, in order, so that a module-scoped
-# fixture (a trained model, a running Airflow cluster) is set up once; --no-loadscope-reorder keeps
-# the order tests/conftest.py gives (the longest modules first), so that no long module starts last.
+# The full suite: lint, the import layers, types, the docs, then every test (unit, integration,
+# slow, and the UI in chromium, which it installs from Debian's packages when missing), in
+# PYTEST_WORKERS processes. --dist loadfile keeps each module in one process, in order, so that a
+# module-scoped fixture (a trained model, a running Airflow cluster) is set up once;
+# --no-loadscope-reorder keeps the order tests/conftest.py gives (the longest modules first), so
+# that no long module starts last.
 PYTEST_WORKERS ?= 2
-test: lint typecheck docs browser
+test: lint lint-imports typecheck docs browser
 	$(VENV)/bin/pytest -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=30
 
 # The fast subset: unit tests only (no servers, no Airflow DB), about half a minute.
@@ -77,4 +83,4 @@ reliability: setup browser
 	$(VENV)/bin/python scripts/reliability_report.py
 
 clean:
-	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .demo .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

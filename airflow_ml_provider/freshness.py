@@ -21,16 +21,26 @@ from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+from airflow_ml_provider.vocabulary import FRESHNESS_STAGES, METRIC_FRESHNESS, TAG_FRESHNESS_DECISION
 
 if TYPE_CHECKING:
-    from airflow_ml_provider.tracking import TaskRun
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
 
 log = logging.getLogger(__name__)
 
-STAGES = ("run_started", "trained", "promoted", "decided")
-METRIC = "freshness.version_to_{stage}_seconds"
-TAG_DECISION = "freshness.decision"
+
+class TaskRun(Protocol):
+    """What freshness reads of a task's run (a ``tracking.TaskRun``, which calls this module)."""
+
+    @property
+    def hook(self) -> MlflowHook: ...
+
+    @property
+    def parent_run_id(self) -> str: ...
+
+
 STATS_NAME = "ml_provider.freshness.version_to_{stage}"
 # Completion times read from the storage, per (DAG run, version, uri): looked up, and explained, once.
 _FROM_SOURCE: dict[tuple[str, str, str], tuple[str | None, str]] = {}
@@ -88,21 +98,21 @@ def record(
     """
     Record how long the run's dataset version took to reach ``stage``; return the seconds.
 
-    :param stage: one of :data:`STAGES`.
+    :param stage: one of :data:`FRESHNESS_STAGES`.
     :param decision: for the stage that decides: ``"promoted"`` or ``"not promoted: <why>"``;
         the ``decided`` figure is recorded with it.
     :param at: when the stage was reached (default now).
     """
-    if stage not in STAGES:
-        raise ValueError(f"freshness stage {stage!r} is not one of {', '.join(STAGES)}")
+    if stage not in FRESHNESS_STAGES:
+        raise ValueError(f"freshness stage {stage!r} is not one of {', '.join(FRESHNESS_STAGES)}")
     try:
         completed = version_completed_at(context)
         if completed is None:
             return None
         seconds = max(0.0, ((at or datetime.now(UTC)) - completed).total_seconds())
         stages = [stage] + (["decided"] if decision and stage != "decided" else [])
-        metrics = {METRIC.format(stage=s): seconds for s in stages}
-        tags = {TAG_DECISION: decision} if decision else {}
+        metrics = {METRIC_FRESHNESS.format(stage=s): seconds for s in stages}
+        tags = {TAG_FRESHNESS_DECISION: decision} if decision else {}
         run.hook.log_batch(run.parent_run_id, metrics=metrics, tags=tags)
         _emit(context, stages, seconds)
         log.info(
@@ -123,7 +133,7 @@ def record_run_started(context: Any, run: TaskRun) -> None:
         if version_completed_at(context) is None:
             return
         parent = run.hook.client.get_run(run.parent_run_id)
-        if METRIC.format(stage="run_started") in parent.data.metrics:
+        if METRIC_FRESHNESS.format(stage="run_started") in parent.data.metrics:
             return
         dag_run = context.get("dag_run")
         started = _parse(getattr(dag_run, "start_date", None)) or _parse(getattr(dag_run, "queued_at", None))

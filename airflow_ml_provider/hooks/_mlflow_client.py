@@ -11,12 +11,31 @@ import logging
 import os
 from collections.abc import Callable
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from mlflow.tracking import MlflowClient
 
-    from airflow_ml_provider.hooks.mlflow import MlflowSettings
+
+class MlflowSettings(Protocol):
+    """What a client is built from: ``hooks.mlflow.MlflowSettings`` (whose module imports this one)."""
+
+    @property
+    def tracking_uri(self) -> str: ...
+
+    @property
+    def registry_uri(self) -> str: ...
+
+    @property
+    def username(self) -> str | None: ...
+
+    @property
+    def token(self) -> str | None: ...
+
+    @property
+    def is_http(self) -> bool: ...
+
+    def host_creds(self, uri: str) -> Any: ...
 
 
 # MLflow's client retries a failed request 7 times with a backoff factor of 2: about 4 minutes

@@ -6,6 +6,13 @@ reported on one line. Logs go to stderr, so that the parent (``PythonRunner``) c
 ``--list`` prints the built-in step names. ``--check`` only checks, cheaply (no TensorFlow import),
 that the step and the user code its spec names (a ``run_fn``, an objective) resolve here: the
 launchers run it once before they start any worker.
+
+In a pod, which shares no file with the task that started it, ``--mlflow-run RUN_ID`` also records
+the result in that MLflow run (:data:`STEP_RESULT_ARTIFACT`), and ``--outputs-artifact-path PATH``
+the spec's ``output_dir`` under ``PATH``; only the chief does (no ``JOB_COMPLETION_INDEX``, or 0).
+The server and its credentials come from MLflow's own variables (``MLFLOW_TRACKING_URI``,
+``MLFLOW_TRACKING_USERNAME`` ...), as a pod gets them from a Secret. When that upload fails the
+exit code is 1, with one ``error:`` line, and the result file stays.
 """
 
 from __future__ import annotations
@@ -14,12 +21,16 @@ import argparse
 import json
 import logging
 import os
+import re
 import signal
 import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any
+
+# Where --mlflow-run records the step's result in the run's artifacts (the name the launchers import).
+from airflow_ml_provider.vocabulary import ARTIFACT_STEP_RESULT as STEP_RESULT_ARTIFACT
 
 # Not __name__: under ``python -m`` that is "__main__", which says nothing in the parent's log.
 log = logging.getLogger("airflow_ml_provider.ml")
@@ -29,10 +40,19 @@ LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Set by PythonRunner: the pid of the process that started this step.
 PARENT_PID_ENV = "AIRFLOW_ML_PARENT_PID"
 PARENT_CHECK_SECONDS = 0.5
+# Set by Kubernetes in each pod of an Indexed Job; only index 0 (the chief) records in MLflow.
+COMPLETION_INDEX_ENV = "JOB_COMPLETION_INDEX"
+TRACKING_URI_ENV = "MLFLOW_TRACKING_URI"
+# "scheme://user:password@": removed from any address an error line quotes.
+_USERINFO = re.compile(r"(?<=://)[^/?#@\s'\"]*@")
 
 
 class UsageError(Exception):
     """Bad arguments: reported on one line, exit code 2."""
+
+
+class RecordingFailed(Exception):
+    """The result file was written but recording it in MLflow failed: one line, exit code 1."""
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -49,6 +69,16 @@ def _parser() -> argparse.ArgumentParser:
         "--check",
         action="store_true",
         help="only check that the step and its user code resolve (no --result)",
+    )
+    parser.add_argument(
+        "--mlflow-run",
+        metavar="RUN_ID",
+        help=f"also record the result in this MLflow run as {STEP_RESULT_ARTIFACT} ({TRACKING_URI_ENV})",
+    )
+    parser.add_argument(
+        "--outputs-artifact-path",
+        metavar="PATH",
+        help="with --mlflow-run: also log the spec's output_dir to this artifact path of the run",
     )
     return parser
 
@@ -180,27 +210,90 @@ def _watch_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _run(step: str, spec_file: Path, result_file: Path) -> int:
+def _check_recording(args: argparse.Namespace) -> None:
     """
-    Run the step and write its result; return the exit code.
+    Check the MLflow options before the step runs: a run, and a server to find it on.
+
+    :param args: the parsed arguments.
+    """
+    if args.outputs_artifact_path and not args.mlflow_run:
+        raise UsageError("--outputs-artifact-path needs --mlflow-run RUN_ID (the run to log to).")
+    if args.mlflow_run and not os.environ.get(TRACKING_URI_ENV):
+        raise UsageError(
+            f"--mlflow-run {args.mlflow_run} needs {TRACKING_URI_ENV} in the environment (the tracking server)."
+        )
+
+
+def _record_in_mlflow(
+    step: str, spec: dict[str, Any], result: dict[str, Any], run_id: str, outputs_path: str | None
+) -> None:
+    """
+    Log the result, and the spec's ``output_dir`` when asked, to the MLflow run ``run_id``.
 
     :param step: the step name or reference.
-    :param spec_file: the ``--spec`` file.
-    :param result_file: the ``--result`` file.
+    :param spec: the step's spec (its ``output_dir``).
+    :param result: the step's result, as written to the result file.
+    :param run_id: the ``--mlflow-run``.
+    :param outputs_path: the ``--outputs-artifact-path``, or ``None``.
     """
+    output_dir = spec.get("output_dir") if outputs_path else None
+    if outputs_path and not (isinstance(output_dir, str) and os.path.isdir(output_dir)):
+        log.warning("Step %s: the spec's output_dir %r is not a folder: no outputs to log", step, output_dir)
+        output_dir = None
+    try:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient()
+        client.log_text(run_id, json.dumps(result), STEP_RESULT_ARTIFACT)
+        if output_dir:
+            client.log_artifacts(run_id, output_dir, outputs_path)
+    except Exception as err:
+        tracking = _USERINFO.sub("", os.environ.get(TRACKING_URI_ENV, ""))
+        said = _USERINFO.sub("", f"{type(err).__name__}: {err}".splitlines()[0])[:300]
+        raise RecordingFailed(
+            f"step {step}: recording the result in MLflow run {run_id} at {tracking} failed ({said}); "
+            "check that the tracking server is reachable from here, that the run exists, and that "
+            "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD (or MLFLOW_TRACKING_TOKEN) may write "
+            "to it. The result file was kept."
+        ) from err
+    log.info(
+        "Step %s: result recorded in MLflow run %s as %s%s",
+        step,
+        run_id,
+        STEP_RESULT_ARTIFACT,
+        f", outputs under {outputs_path}" if output_dir else "",
+    )
+
+
+def _is_chief() -> bool:
+    """Whether this process records in MLflow: not in an Indexed Job, or its completion index 0."""
+    return os.environ.get(COMPLETION_INDEX_ENV, "0").strip() == "0"
+
+
+def _run(args: argparse.Namespace) -> int:
+    """
+    Run the step, write its result and, when asked, record it in MLflow; return the exit code.
+
+    :param args: the parsed arguments (the step, ``--spec``, ``--result`` and the MLflow options).
+    """
+    step: str = args.step
+    result_file: Path = args.result
     if not result_file.parent.is_dir():
         raise UsageError(f"the directory of the result file {result_file} does not exist: check --result.")
     _remove(result_file)  # a stale result must never pass for this run's
-    spec = _read_spec(spec_file)
+    _check_recording(args)
+    spec = _read_spec(args.spec)
     _check_references(step, spec)
     _check_step(step)
-    from airflow_ml_provider.runners.in_process import InProcessRunner
+    from airflow_ml_provider.ml.execute import execute_step
 
     _watch_parent()
     log.info("Step %s: starting (pid %s)", step, os.getpid())
-    result = InProcessRunner().run(step, spec, logger=log)
+    result = execute_step(step, spec, logger=log)
     _write_atomically(result, result_file)
     log.info("Step %s: result written to %s", step, result_file)
+    if args.mlflow_run and _is_chief():
+        _record_in_mlflow(step, spec, result, args.mlflow_run, args.outputs_artifact_path)
     return EXIT_OK
 
 
@@ -223,10 +316,13 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_OK
         if not args.step or args.spec is None or args.result is None:
             raise UsageError("give a step, --spec FILE and --result FILE (or --list).")
-        return _run(args.step, args.spec, args.result)
+        return _run(args)
     except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USAGE
+    except RecordingFailed as err:
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_FAILED
     except Exception as err:
         # One traceback: the step's own error (StepFailed only wraps it for in-process callers).
         original = getattr(err, "original", None)

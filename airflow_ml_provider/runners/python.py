@@ -20,9 +20,9 @@ from typing import IO, Any
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
 from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
+from airflow_ml_provider.ml.execute import HARMLESS_NATIVE_LINE, json_round_trip
 from airflow_ml_provider.ml.scratch import scratch_dir
 from airflow_ml_provider.runners._logger import StepLogger
-from airflow_ml_provider.runners.in_process import HARMLESS_NATIVE_LINE, json_round_trip
 
 log = logging.getLogger(__name__)
 

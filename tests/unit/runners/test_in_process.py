@@ -207,3 +207,101 @@ def test_a_progress_bar_is_logged_in_its_last_state(caplog: pytest.LogCaptureFix
     assert [r.getMessage() for r in caplog.records if r.name == "airflow_ml_provider.stderr"] == [
         "Downloading artifacts: 100%|#| 2/2"
     ]
+
+
+# --- The environment of an in-process step --------------------------------------------------------
+
+
+def read_environment(spec: dict[str, Any]) -> dict[str, Any]:
+    import time
+
+    first = {name: os.environ.get(name) for name in spec["names"]}
+    time.sleep(spec.get("sleep_seconds", 0))
+    return {"first": first, "then": {name: os.environ.get(name) for name in spec["names"]}}
+
+
+def fail_reading_environment(spec: dict[str, Any]) -> dict[str, Any]:
+    raise RuntimeError(f"seen {os.environ.get('AIRFLOW_ML_TEST_SET')}")
+
+
+def test_env_is_set_while_the_step_runs_and_restored_after(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW_ML_TEST_KEPT", "before")
+    monkeypatch.delenv("AIRFLOW_ML_TEST_SET", raising=False)
+    names = ["AIRFLOW_ML_TEST_KEPT", "AIRFLOW_ML_TEST_SET", "AIRFLOW_ML_TEST_OTHER"]
+    monkeypatch.setenv("AIRFLOW_ML_TEST_OTHER", "untouched")
+    runner = InProcessRunner(env={"AIRFLOW_ML_TEST_KEPT": "during", "AIRFLOW_ML_TEST_SET": "new"})
+    seen = runner.run(f"{__name__}:read_environment", {"names": names})
+    assert seen["first"] == {
+        "AIRFLOW_ML_TEST_KEPT": "during",
+        "AIRFLOW_ML_TEST_SET": "new",
+        "AIRFLOW_ML_TEST_OTHER": "untouched",
+    }
+    assert os.environ["AIRFLOW_ML_TEST_KEPT"] == "before"
+    assert "AIRFLOW_ML_TEST_SET" not in os.environ
+    assert os.environ["AIRFLOW_ML_TEST_OTHER"] == "untouched"
+
+
+def test_env_is_restored_when_the_step_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW_ML_TEST_SET", raising=False)
+    runner = InProcessRunner(env={"AIRFLOW_ML_TEST_SET": "during"})
+    with pytest.raises(StepFailed, match="RuntimeError: seen during"):
+        runner.run(f"{__name__}:fail_reading_environment", {})
+    assert "AIRFLOW_ML_TEST_SET" not in os.environ
+
+
+def test_steps_with_env_take_turns_in_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    import threading
+
+    monkeypatch.delenv("AIRFLOW_ML_TEST_SET", raising=False)
+    spec = {"names": ["AIRFLOW_ML_TEST_SET"], "sleep_seconds": 0.3}
+    results: dict[str, dict[str, Any]] = {}
+
+    def run(value: str) -> None:
+        runner = InProcessRunner(env={"AIRFLOW_ML_TEST_SET": value})
+        results[value] = runner.run(f"{__name__}:read_environment", spec)
+
+    threads = [threading.Thread(target=run, args=(value,)) for value in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    for value in ("a", "b"):  # each step saw its own value from start to end
+        assert results[value]["first"] == results[value]["then"] == {"AIRFLOW_ML_TEST_SET": value}
+    assert "AIRFLOW_ML_TEST_SET" not in os.environ
+
+
+@pytest.mark.parametrize("env", [{"NAME": 1}, {"NAME": None}, {1: "value"}])
+def test_env_must_be_strings(env: dict[Any, Any]) -> None:
+    with pytest.raises(TypeError, match="names and values must be str"):
+        InProcessRunner(env=env)
+
+
+def test_get_runner_passes_env_to_the_in_process_runner() -> None:
+    runner = get_runner("in_process", env={"AIRFLOW_ML_WORKER": "w-1"})
+    assert isinstance(runner, InProcessRunner)
+    assert runner.env == {"AIRFLOW_ML_WORKER": "w-1"}
+
+
+# --- The execution core lives in the step layer ------------------------------------------------
+
+
+def test_the_runner_reexports_the_step_layers_execution_names() -> None:
+    from airflow_ml_provider.ml import execute
+    from airflow_ml_provider.runners import in_process
+
+    for name in (
+        "HARMLESS_NATIVE_LINE",
+        "json_round_trip",
+        "native_line_level",
+        "as_result_dict",
+        "native_log",
+    ):
+        assert getattr(in_process, name) is getattr(execute, name)
+
+
+def test_execute_step_lets_the_steps_own_error_through() -> None:
+    from airflow_ml_provider.ml.execute import execute_step
+
+    assert execute_step("echo", {"payload": [1]}) == {"payload": [1]}
+    with pytest.raises(RuntimeError, match="^boom$"):
+        execute_step("echo", {"fail_with": "boom"})
