@@ -16,6 +16,22 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.exceptions import MlflowConnectionError
+from airflow_ml_provider.vocabulary import (
+    METRIC_TASK_DURATION,
+    TAG_DAG_ID,
+    TAG_DAG_RUN_KEY,
+    TAG_MAP_INDEX,
+    TAG_PARENT_RUN,
+    TAG_ROLE,
+    TAG_RUN_ID,
+    TAG_TASK_ID,
+    TAG_TASK_STATE,
+    TAG_TI_KEY,
+    TAG_TRY_NUMBER,
+    XCOM_EXPERIMENT_ID,
+    XCOM_RUN_ID,
+    XCOM_RUN_URL,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -24,19 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-TAG_DAG_ID = "airflow.dag_id"
-TAG_RUN_ID = "airflow.run_id"
-TAG_TASK_ID = "airflow.task_id"
-TAG_MAP_INDEX = "airflow.map_index"
-TAG_TRY_NUMBER = "airflow.try_number"
-TAG_ROLE = "airflow.role"
-TAG_TI_KEY = "airflow.ti_key"
-TAG_DAG_RUN_KEY = "airflow.dag_run_key"
-TAG_PARENT = "mlflow.parentRunId"
-
-XCOM_RUN_ID = "mlflow_run_id"
-XCOM_RUN_URL = "mlflow_run_url"
-XCOM_EXPERIMENT_ID = "mlflow_experiment_id"
+TAG_PARENT = TAG_PARENT_RUN  # its earlier name, which benchmarks/ imports
 
 # Buffered metrics are sent in one log_batch once this many are waiting.
 METRIC_FLUSH_THRESHOLD = 1000
@@ -225,10 +229,11 @@ def end_task_run(run: TaskRun, identity: TaskIdentity, *, success: bool) -> None
 
 def _record_dataset_versions(run: TaskRun, context: Context) -> None:
     """Tag the parent run with the dataset versions that started the DAG run (see versions.py)."""
-    from airflow_ml_provider.versions import version_tags
+    from airflow_ml_provider.versions import run_versions
 
     try:
-        tags = version_tags(context)
+        # Resolved once per task (memoized): the task's fields and checks read the same versions.
+        tags = run_versions(context).mlflow_tags()
         if tags:
             run.hook.log_batch(run.parent_run_id, tags=tags)
     except Exception:
@@ -289,7 +294,7 @@ def tracked_task(
     # Both keys always exist, empty when there is nothing to open: the extra links read them when the
     # task ends, and reading a missing XCom logs an ERROR ("XCom not found") in the task's log.
     ti.xcom_push(key=XCOM_RUN_URL, value=run.url or "")
-    from airflow_ml_provider.cache import XCOM_CACHE_SOURCE_URL
+    from airflow_ml_provider.vocabulary import XCOM_CACHE_SOURCE_URL
 
     ti.xcom_push(key=XCOM_CACHE_SOURCE_URL, value="")  # a cache hit replaces it with its source run
     try:
@@ -300,7 +305,7 @@ def tracked_task(
         raise
     except AirflowSkipException:
         # A deliberate skip (a gate that short-circuits) is not a failure of the task's work.
-        run.set_tags({"airflow.state": "skipped"})
+        run.set_tags({TAG_TASK_STATE: "skipped"})
         end_task_run(run, identity, success=True)
         raise
     except BaseException:
@@ -310,5 +315,5 @@ def tracked_task(
             # The task's own error matters more than a failure to record it.
             log.warning("Could not mark MLflow run %s FAILED", run.run_id, exc_info=True)
         raise
-    run.log_metric("airflow.task_duration_seconds", time.monotonic() - started)
+    run.log_metric(METRIC_TASK_DURATION, time.monotonic() - started)
     end_task_run(run, identity, success=True)

@@ -1,11 +1,12 @@
 """
 Read, in a DAG run, the dataset version that started it.
 
-A run scheduled on an asset watched by :class:`~airflow_ml_provider.triggers.dataset.DatasetVersionTrigger`
-is started by one or more asset events whose payload names a version. Airflow may merge several
-events into one run (versions landing faster than the DAG starts); the run then covers all of them
-and works on the newest. :func:`dataset_version` puts that version into any templated operator
-argument, without XCom plumbing::
+A run scheduled on an asset watched by :class:`~airflow_ml_provider.triggers.dataset.DatasetVersionTrigger`,
+or on an outlet asset of a :class:`~airflow_ml_provider.sensors.dataset.DatasetVersionSensor`, is started
+by one or more asset events whose payload (a :class:`~airflow_ml_provider.dataset_version.DatasetVersion`)
+names a version. Airflow may merge several events into one run (versions landing faster than the
+DAG starts); the run then covers all of them and works on the newest. :func:`dataset_version` puts
+that version into any templated operator argument, without XCom plumbing::
 
     MLStepOperator(task_id="describe", step="describe_dataset",
                    spec={"uri": dataset_version(churn, field="uri")})
@@ -16,17 +17,34 @@ A manual run (or a re-run for an older version) names the version in its conf in
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
+
+from airflow_ml_provider.dataset_version import CONF_KEY, TAG_PREFIX, DatasetVersion
 
 if TYPE_CHECKING:
     from airflow.sdk import Asset, Context
     from airflow.sdk.types import Operator
 
-CONF_KEY = "dataset_version"
-TAG_PREFIX = "dataset."
+__all__ = [
+    "CONF_KEY",
+    "TAG_PREFIX",
+    "DatasetVersionArg",
+    "RunVersions",
+    "dataset_version",
+    "run_versions",
+    "triggering_version",
+    "triggering_versions",
+    "version_tags",
+]
+
 _MISSING = object()
+# Resolved views kept per (triggering events, dag run) objects: a task reads its version several
+# times (its templated fields, its completeness check, its MLflow tags, freshness).
+_MEMO_SIZE = 16
+_memo: OrderedDict[tuple[int, int], tuple[Any, Any, RunVersions]] = OrderedDict()
 
 
 def _asset_name(asset: Asset | str | None) -> str | None:
@@ -35,49 +53,118 @@ def _asset_name(asset: Asset | str | None) -> str | None:
     return str(asset.name)
 
 
+@dataclass(frozen=True)
+class RunVersions:
+    """
+    The dataset versions of one DAG run, resolved once from its context.
+
+    :param from_conf: the version ``dag_run.conf["dataset_version"]`` names, if any.
+    :param triggered: the versions of the run's triggering asset events, oldest first, one per
+        (asset, version), each with ``asset`` set to the asset whose event carried it.
+    :param conf_error: why ``dag_run.conf["dataset_version"]`` is not a dataset version; raised
+        (ValueError) by what reads the conf's version, :meth:`current` and :meth:`mlflow_tags`.
+    """
+
+    from_conf: DatasetVersion | None = None
+    triggered: tuple[DatasetVersion, ...] = ()
+    conf_error: str | None = None
+
+    def _conf(self) -> DatasetVersion | None:
+        if self.conf_error is not None:
+            raise ValueError(self.conf_error)
+        return self.from_conf
+
+    def of_asset(self, asset: str | None = None) -> list[DatasetVersion]:
+        """The triggering versions of ``asset`` (of every asset when None), oldest first."""
+        return [v for v in self.triggered if asset is None or v.asset == asset]
+
+    def current(self, asset: str | None = None) -> DatasetVersion | None:
+        """The version the run works on: the conf's, else the newest triggering one (listing all)."""
+        from_conf = self._conf()
+        if from_conf is not None:
+            return from_conf
+        versions = self.of_asset(asset)
+        if not versions:
+            return None
+        if len(versions) == 1:
+            return versions[0]
+        return replace(versions[-1], covered_versions=tuple(v.version for v in versions))
+
+    def mlflow_tags(self) -> dict[str, str]:
+        """MLflow tags recording the run's versions, per asset (see :meth:`DatasetVersion.mlflow_tags`)."""
+        from_conf = self._conf()
+        entries = [from_conf] if from_conf is not None else list(self.triggered)
+        by_label: dict[str, list[DatasetVersion]] = {}
+        for entry in entries:
+            by_label.setdefault(entry.label, []).append(entry)
+        tags: dict[str, str] = {}
+        for group in by_label.values():
+            tags.update(group[-1].mlflow_tags(covered=[v.version for v in group]))
+        return tags
+
+
+def _triggered(events_by_asset: Any) -> tuple[DatasetVersion, ...]:
+    found: list[tuple[Any, DatasetVersion]] = []
+    for key in list(events_by_asset):
+        for event in events_by_asset[key]:
+            version = DatasetVersion.from_event_extra(event.extra)
+            if version is not None:
+                found.append((event.timestamp, replace(version, asset=event.asset.name)))
+    # An event can be listed under its asset and under an alias: keep one per (asset, version).
+    unique: dict[tuple[str | None, str], DatasetVersion] = {}
+    for _, version in sorted(found, key=lambda item: item[0]):
+        unique.setdefault((version.asset, version.version), version)
+    return tuple(unique.values())
+
+
+def _from_conf(dag_run: Any) -> tuple[DatasetVersion | None, str | None]:
+    """The conf's version, or why the conf's value is not one."""
+    conf = getattr(dag_run, "conf", None) or {}
+    value = conf.get(CONF_KEY) if isinstance(conf, Mapping) else None
+    if value is None:
+        return None, None
+    try:
+        return DatasetVersion.from_payload(value), None
+    except ValueError as err:
+        return None, (
+            f"dag_run.conf[{CONF_KEY!r}] must be a version name or an object with a 'version' key "
+            f"(and usually 'uri'), got {value!r}: {err}"
+        )
+
+
+def run_versions(context: Context | Mapping[str, Any]) -> RunVersions:
+    """The run's dataset versions, resolved once per task: the same context gives the same object."""
+    try:
+        events = context.get("triggering_asset_events")
+    except Exception:  # not reachable outside a running task (e.g. a DAG parse)
+        events = None
+    dag_run = context.get("dag_run")
+    key = (id(events), id(dag_run))
+    cached = _memo.get(key)
+    # The entry holds both objects, so their ids cannot be reused while it lives.
+    if cached is not None and cached[0] is events and cached[1] is dag_run:
+        return cached[2]
+    from_conf, conf_error = _from_conf(dag_run)
+    resolved = RunVersions(from_conf, _triggered(events or {}), conf_error)
+    _memo[key] = (events, dag_run, resolved)
+    while len(_memo) > _MEMO_SIZE:
+        _memo.popitem(last=False)
+    return resolved
+
+
 def triggering_versions(
     context: Context | Mapping[str, Any], asset: Asset | str | None = None
 ) -> list[dict[str, Any]]:
     """
     Every dataset-version payload among the run's triggering asset events, oldest first.
 
+    Events of a :class:`~airflow_ml_provider.triggers.dataset.DatasetVersionTrigger` watcher and
+    of a :class:`~airflow_ml_provider.sensors.dataset.DatasetVersionSensor`'s outlets count alike.
+
     :param context: the task's context.
     :param asset: only events of this asset (an ``Asset`` or its name); all assets when None.
     """
-    try:
-        events_by_asset = context.get("triggering_asset_events") or {}
-    except Exception:  # not reachable outside a running task (e.g. a DAG parse)
-        return []
-    wanted = _asset_name(asset)
-    found: list[tuple[Any, dict[str, Any]]] = []
-    for key in list(events_by_asset):
-        for event in events_by_asset[key]:
-            if wanted is not None and event.asset.name != wanted:
-                continue
-            payload = (event.extra or {}).get("payload")
-            if isinstance(payload, dict) and "version" in payload:
-                found.append((event.timestamp, {**payload, "asset": event.asset.name}))
-    # An event can be listed under its asset and under an alias: keep one per (asset, version).
-    unique: dict[tuple[str, str], tuple[Any, dict[str, Any]]] = {}
-    for stamp, payload in sorted(found, key=lambda item: item[0]):
-        unique.setdefault((payload["asset"], str(payload["version"])), (stamp, payload))
-    return [payload for _, payload in unique.values()]
-
-
-def _from_conf(context: Context | Mapping[str, Any]) -> dict[str, Any] | None:
-    dag_run = context.get("dag_run")
-    conf = getattr(dag_run, "conf", None) or {}
-    value = conf.get(CONF_KEY) if isinstance(conf, Mapping) else None
-    if value is None:
-        return None
-    if isinstance(value, str | int):
-        return {"version": str(value)}
-    if isinstance(value, Mapping) and "version" in value:
-        return dict(value)
-    raise ValueError(
-        f"dag_run.conf[{CONF_KEY!r}] must be a version name or an object with a 'version' key "
-        f"(and usually 'uri'), got {value!r}."
-    )
+    return [version.to_payload() for version in run_versions(context).of_asset(_asset_name(asset))]
 
 
 def triggering_version(
@@ -87,40 +174,17 @@ def triggering_version(
     The version this run works on: ``dag_run.conf["dataset_version"]`` when given, else the newest
     version among the triggering events (of ``asset`` when given); None when there is none.
 
-    The returned payload holds ``version``, ``uri``, ``fingerprint``, ``previous_version``,
-    ``completed_at``, ``discovered_at``, ``name``, ``asset`` and, when Airflow merged several
-    events into this run, ``covered_versions``.
+    The returned payload (:meth:`DatasetVersion.to_payload`) holds ``version``, ``uri``,
+    ``fingerprint``, ``previous_version``, ``completed_at``, ``discovered_at``, ``name``, ``asset``
+    and, when Airflow merged several events into this run, ``covered_versions``.
     """
-    from_conf = _from_conf(context)
-    if from_conf is not None:
-        return from_conf
-    versions = triggering_versions(context, asset)
-    if not versions:
-        return None
-    newest = dict(versions[-1])
-    if len(versions) > 1:
-        newest["covered_versions"] = [str(v["version"]) for v in versions]
-    return newest
+    version = run_versions(context).current(_asset_name(asset))
+    return version.to_payload() if version is not None else None
 
 
 def version_tags(context: Context | Mapping[str, Any]) -> dict[str, str]:
     """MLflow tags that record the run's dataset versions (set on the DAG run's parent run)."""
-    tags: dict[str, str] = {}
-    payload = _from_conf(context)
-    versions = [payload] if payload else triggering_versions(context)
-    by_name: dict[str, list[dict[str, Any]]] = {}
-    for entry in versions:
-        by_name.setdefault(str(entry.get("asset") or entry.get("name") or ""), []).append(entry)
-    for name, entries in by_name.items():
-        prefix = f"{TAG_PREFIX}{name}." if name else TAG_PREFIX
-        newest = entries[-1]
-        tags[f"{prefix}version"] = str(newest["version"])
-        for field_name in ("uri", "fingerprint", "completed_at"):
-            if newest.get(field_name):
-                tags[f"{prefix}{field_name}"] = str(newest[field_name])
-        if len(entries) > 1:
-            tags[f"{prefix}covered_versions"] = ",".join(str(e["version"]) for e in entries)
-    return tags
+    return run_versions(context).mlflow_tags()
 
 
 @dataclass(frozen=True)

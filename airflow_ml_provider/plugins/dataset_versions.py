@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 from airflow.listeners import hookimpl
 from airflow.plugins_manager import AirflowPlugin
 
+from airflow_ml_provider.dataset_version import DatasetVersion
 from airflow_ml_provider.triggers.dataset import delivered_key
 
 log = logging.getLogger(__name__)
@@ -36,11 +38,14 @@ log = logging.getLogger(__name__)
 MAX_DELIVERED = 500
 
 
-def _ours(extra: Any) -> dict[str, Any] | None:
-    payload = (extra or {}).get("payload") if isinstance(extra, dict) else None
-    if isinstance(payload, dict) and payload.get("state_key") and "version" in payload:
-        return payload
-    return None
+def _ours(extra: Any) -> DatasetVersion | None:
+    """The version a watcher's asset event carries (``extra["payload"]`` with a ``state_key``), else None."""
+    payload = extra.get("payload") if isinstance(extra, Mapping) else None
+    try:
+        version = DatasetVersion.from_payload(payload) if isinstance(payload, Mapping) else None
+    except (TypeError, ValueError):
+        return None
+    return version if version is not None and version.state_key else None
 
 
 def _session() -> Any:
@@ -52,8 +57,8 @@ def _session() -> Any:
     return settings.Session()
 
 
-def record_delivered(asset_name: str, asset_uri: str, payload: dict[str, Any]) -> None:
-    """Add the payload's version to the asset's delivered record, in the current transaction."""
+def record_delivered(asset_name: str, asset_uri: str, delivered: DatasetVersion) -> None:
+    """Add the delivered version to the asset's delivered record, in the current transaction."""
     from airflow._shared.state import AssetScope, AssetStateStoreWriterKind
     from airflow.models.asset import AssetModel
     from airflow.state import get_state_backend
@@ -69,10 +74,10 @@ def record_delivered(asset_name: str, asset_uri: str, payload: dict[str, Any]) -
             return
         backend = get_state_backend()
         scope = AssetScope(asset_id=asset_id)
-        key = delivered_key(str(payload["state_key"]))
+        key = delivered_key(str(delivered.state_key))
         current = backend.get(scope, key, session=session)
         versions = json.loads(current) if current else []
-        version = str(payload["version"])
+        version = delivered.version
         if version not in versions:
             versions = [*versions, version][-MAX_DELIVERED:]
         value = json.dumps(versions)
@@ -155,15 +160,13 @@ class DatasetVersionListener:
 
     @hookimpl
     def on_asset_event_emitted(self, asset_event: Any) -> None:
-        payload = _ours(getattr(asset_event, "extra", None))
-        if payload is None:
+        delivered = _ours(getattr(asset_event, "extra", None))
+        if delivered is None:
             return
         try:
-            record_delivered(asset_event.asset.name, asset_event.asset.uri, payload)
+            record_delivered(asset_event.asset.name, asset_event.asset.uri, delivered)
         except Exception:
-            log.warning(
-                "Could not record dataset version %s as delivered", payload.get("version"), exc_info=True
-            )
+            log.warning("Could not record dataset version %s as delivered", delivered.version, exc_info=True)
 
     @hookimpl
     def on_dag_run_running(self, dag_run: Any, msg: str) -> None:

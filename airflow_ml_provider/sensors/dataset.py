@@ -9,16 +9,18 @@ from typing import TYPE_CHECKING, Any
 from airflow.configuration import conf
 from airflow.sdk import Asset, BaseSensorOperator, PokeReturnValue
 
+from airflow_ml_provider.dataset_version import DatasetVersion
 from airflow_ml_provider.hooks.datasets import DEFAULT_MARKER, DEFAULT_PATTERN
 from airflow_ml_provider.triggers.dataset import DatasetVersionTrigger, newest_after
+from airflow_ml_provider.vocabulary import STATE_SENSOR_KEY, XCOM_DATASET_VERSION_DELIVERED
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.hooks.datasets import DatasetVersionSource
 
-STATE_KEY = "airflow_ml.sensor.{dag_id}.{task_id}"
-XCOM_DELIVERED = "dataset_version_delivered"
+STATE_KEY = STATE_SENSOR_KEY
+XCOM_DELIVERED = XCOM_DATASET_VERSION_DELIVERED
 
 
 class DatasetVersionSensor(BaseSensorOperator):
@@ -31,8 +33,10 @@ class DatasetVersionSensor(BaseSensorOperator):
     complete version satisfies the sensor. When several newer versions exist, the newest is
     delivered and the payload lists them all under ``covered_versions``.
 
-    The XCom value (and, for each asset outlet, the asset event's extra) is the version payload:
-    ``version``, ``uri``, ``fingerprint``, ``previous_version``, ``completed_at``, ``name`` ...
+    The XCom value (and, for each asset outlet, the asset event's extra) is the version payload
+    (:class:`~airflow_ml_provider.dataset_version.DatasetVersion`): ``version``, ``uri``,
+    ``fingerprint``, ``previous_version``, ``completed_at``, ``name``, ``covered_versions`` ... A DAG
+    scheduled on an outlet asset reads it with ``dataset_version(...)`` as it would a watcher's.
 
     :param uri: the dataset's root (or object, with ``source="object"``). Templated.
     :param source: ``partitioned``, ``object`` or ``package.module:Class``.
@@ -119,20 +123,19 @@ class DatasetVersionSensor(BaseSensorOperator):
         )
         return str(value) if value else None
 
-    def _deliver(self, context: Context, payload: dict[str, Any]) -> dict[str, Any]:
+    def _deliver(self, context: Context, found: Any) -> dict[str, Any]:
+        """Record and publish the version found (a payload in any shape); return the XCom value."""
+        version = DatasetVersion.from_payload(found)
+        payload = version.to_payload()
         asset = self._asset()
         if asset is not None and not self.after_version:
-            context["asset_state_store"][asset].set(self._state_key(), payload["version"])
-        context["ti"].xcom_push(XCOM_DELIVERED, payload["version"])
+            context["asset_state_store"][asset].set(self._state_key(), version.version)
+        context["ti"].xcom_push(XCOM_DELIVERED, version.version)
         for outlet in self.outlets:
             if isinstance(outlet, Asset):
                 context["outlet_events"][outlet].extra.update(payload)
         self.log.info(
-            "Dataset %s: version %s at %s (after %s)",
-            payload.get("name"),
-            payload["version"],
-            payload.get("uri"),
-            self._after,
+            "Dataset %s: version %s at %s (after %s)", version.name, version.version, version.uri, self._after
         )
         return payload
 
@@ -146,7 +149,7 @@ class DatasetVersionSensor(BaseSensorOperator):
             return self._deliver(context, super().execute(context))
         found = self.poke(context)
         if isinstance(found, PokeReturnValue) and found.is_done:
-            return self._deliver(context, dict(found.xcom_value or {}))
+            return self._deliver(context, found.xcom_value)
         self.defer(
             trigger=self._trigger(),
             method_name="execute_complete",
@@ -160,8 +163,8 @@ class DatasetVersionSensor(BaseSensorOperator):
             versions = self._source.list_versions()
         except FileNotFoundError:
             return False  # the root does not exist yet: no version yet
-        payload = newest_after(self._source, versions, self._after)
-        return PokeReturnValue(is_done=True, xcom_value=payload) if payload else False
+        newest = newest_after(self._source, versions, self._after)
+        return PokeReturnValue(is_done=True, xcom_value=newest.to_payload()) if newest else False
 
     def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
         if event.get("status") != "success":
@@ -169,5 +172,4 @@ class DatasetVersionSensor(BaseSensorOperator):
                 f"Task {self.task_id!r}: waiting for a version of {self.uri} failed: {event.get('message')}"
             )
         self._after = self._last_delivered(context)
-        payload = {k: v for k, v in event.items() if k != "status"}
-        return self._deliver(context, payload)
+        return self._deliver(context, event)

@@ -7,22 +7,25 @@ import hashlib
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from airflow.triggers.base import BaseEventTrigger, TriggerEvent
 
+from airflow_ml_provider.dataset_version import RULE_KEYS, DatasetVersion
 from airflow_ml_provider.hooks.datasets import (
     DEFAULT_MARKER,
     DEFAULT_PATTERN,
-    DatasetVersion,
     DatasetVersionSource,
     source_from_spec,
 )
+from airflow_ml_provider.hooks.datasets import DatasetVersion as ListedVersion
+from airflow_ml_provider.vocabulary import STATE_DELIVERED_SUFFIX, STATE_WATCHER_PREFIX
 
 log = logging.getLogger(__name__)
 
 START_FROM = ("latest", "all", "new")
-STATE_KEY_PREFIX = "airflow_ml.dataset_version."
+STATE_KEY_PREFIX = STATE_WATCHER_PREFIX
 # The watermark is written this long after an event was handed to the triggerer: by then the
 # triggerer has sent it to the database (it syncs about every second). Writing it any earlier
 # could lose a version on a crash; see docs/triggering.md ("Delivery guarantees").
@@ -30,7 +33,7 @@ COMMIT_DELAY_SECONDS = 3.0
 MAX_BACKOFF_SECONDS = 60.0
 # Version names kept in the watermark; older ones are summarised by a floor.
 MAX_KNOWN_VERSIONS = 2000
-DELIVERED_SUFFIX = ".delivered"
+DELIVERED_SUFFIX = STATE_DELIVERED_SUFFIX
 
 
 def delivered_key(state_key: str) -> str:
@@ -38,16 +41,23 @@ def delivered_key(state_key: str) -> str:
     return state_key + DELIVERED_SUFFIX
 
 
-def payload_of(version: DatasetVersion, previous: str | None, source: DatasetVersionSource) -> dict[str, Any]:
-    """The event payload: what a DAG run reads back from its triggering asset event."""
-    return {
-        **version.to_dict(),
-        "previous_version": previous,
-        "source": source.kind,
-        "root": getattr(source, "uri", None),
-        # The source's completeness rule, which the tasks reading this version apply too.
-        **{key: getattr(source, key) for key in ("marker", "pattern", "conn_id") if hasattr(source, key)},
-    }
+def version_of(found: ListedVersion, previous: str | None, source: DatasetVersionSource) -> DatasetVersion:
+    """The payload of a version the source listed: what a DAG run reads back from its asset event."""
+    return DatasetVersion.of(
+        {
+            **found.to_dict(),
+            "previous_version": previous,
+            "source": source.kind,
+            "root": getattr(source, "uri", None),
+            # The source's completeness rule, which the tasks reading this version apply too.
+            **{key: getattr(source, key) for key in RULE_KEYS if hasattr(source, key)},
+        }
+    )
+
+
+def payload_of(found: ListedVersion, previous: str | None, source: DatasetVersionSource) -> dict[str, Any]:
+    """:func:`version_of` as the JSON payload."""
+    return version_of(found, previous, source).to_payload()
 
 
 def is_after(source: DatasetVersionSource, version: str, after: str | None) -> bool:
@@ -61,15 +71,13 @@ def is_after(source: DatasetVersionSource, version: str, after: str | None) -> b
 
 
 def newest_after(
-    source: DatasetVersionSource, versions: list[DatasetVersion], after: str | None
-) -> dict[str, Any] | None:
-    """The payload of the newest version ordered after ``after``, listing every such version."""
+    source: DatasetVersionSource, versions: list[ListedVersion], after: str | None
+) -> DatasetVersion | None:
+    """The newest version ordered after ``after``, listing every such version in ``covered_versions``."""
     newer = [v for v in versions if v.version != after and is_after(source, v.version, after)]
     if not newer:
         return None
-    payload = payload_of(newer[-1], after, source)
-    payload["covered_versions"] = [v.version for v in newer]
-    return payload
+    return replace(version_of(newer[-1], after, source), covered_versions=tuple(v.version for v in newer))
 
 
 class _Watermark:
@@ -102,7 +110,7 @@ class _Watermark:
         self.last = payload
         self.initialised = True
 
-    def mark_seen(self, versions: list[DatasetVersion]) -> None:
+    def mark_seen(self, versions: list[ListedVersion]) -> None:
         self.known.update(v.version for v in versions)
         self.initialised = True
 
@@ -133,8 +141,9 @@ class DatasetVersionTrigger(BaseEventTrigger):
 
     The versions already delivered (the watermark) are kept in the asset's state store, so a
     triggerer restart neither loses nor repeats a version. Storage errors are logged and retried
-    with backoff; they never end the trigger. The event payload carries ``version``, ``uri``,
-    ``fingerprint``, ``previous_version``, ``completed_at``, ``discovered_at`` and ``name``.
+    with backoff; they never end the trigger. The event payload is a
+    :class:`~airflow_ml_provider.dataset_version.DatasetVersion` (``version``, ``uri``,
+    ``fingerprint``, ``previous_version``, ``completed_at`` ... and ``state_key``).
 
     :param uri: the dataset's root (partitioned) or object (``source="object"``). Templated.
     :param source: ``partitioned`` (one folder per version), ``object`` (one object whose
@@ -262,7 +271,7 @@ class DatasetVersionTrigger(BaseEventTrigger):
         for accessor in self._stores():
             await accessor.aset(key, state)
 
-    async def _list(self, source: DatasetVersionSource) -> list[DatasetVersion]:
+    async def _list(self, source: DatasetVersionSource) -> list[ListedVersion]:
         if self._lister is None:
             from asgiref.sync import sync_to_async
 
@@ -291,7 +300,7 @@ class DatasetVersionTrigger(BaseEventTrigger):
         async for event in self._watch(source):
             yield event
 
-    async def _poll(self, source: DatasetVersionSource, failures: int) -> list[DatasetVersion] | None:
+    async def _poll(self, source: DatasetVersionSource, failures: int) -> list[ListedVersion] | None:
         """One listing, or None after logging why it failed."""
         try:
             return await self._list(source)
@@ -319,9 +328,9 @@ class DatasetVersionTrigger(BaseEventTrigger):
                 failures += 1
             else:
                 failures = 0
-                payload = newest_after(source, versions, self.after_version)
-                if payload:
-                    yield TriggerEvent({"status": "success", **payload})
+                newest = newest_after(source, versions, self.after_version)
+                if newest is not None:
+                    yield TriggerEvent({"status": "success", **newest.to_payload()})
                     return
             await asyncio.sleep(self._delay(failures))
 
@@ -369,7 +378,7 @@ class DatasetVersionTrigger(BaseEventTrigger):
                     await self._save_first_watermark(key, watermark, source)
                 for version in new:
                     previous = (watermark.last or {}).get("version")
-                    payload = {**payload_of(version, previous, source), "state_key": key}
+                    payload = replace(version_of(version, previous, source), state_key=key).to_payload()
                     log.info(
                         "Dataset %s: new version %s (previous %s) at %s",
                         source.name,
@@ -401,8 +410,8 @@ class DatasetVersionTrigger(BaseEventTrigger):
             log.warning("Dataset %s: could not store the first watermark yet (%s)", source.name, err)
 
     def _select_new(
-        self, watermark: _Watermark, versions: list[DatasetVersion], source: DatasetVersionSource
-    ) -> list[DatasetVersion]:
+        self, watermark: _Watermark, versions: list[ListedVersion], source: DatasetVersionSource
+    ) -> list[ListedVersion]:
         """The versions to fire for now, oldest first; applies ``start_from`` on the first poll."""
         new = [v for v in versions if watermark.is_new(v.version)]
         if watermark.initialised or not new:

@@ -11,6 +11,7 @@ import pytest
 from airflow_ml_provider.versions import (
     DatasetVersionArg,
     dataset_version,
+    run_versions,
     triggering_version,
     triggering_versions,
     version_tags,
@@ -22,11 +23,21 @@ T0 = datetime(2026, 11, 23, 18, 0, tzinfo=UTC)
 
 
 def event(asset: str, version: str | None, seconds: int, **payload: Any) -> Any:
-    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
-
     extra: dict[str, Any] = {"from_trigger": True}
     if version is not None:
         extra["payload"] = {"version": version, "uri": f"/data/{asset}/version={version}", **payload}
+    return event_with_extra(asset, extra, seconds)
+
+
+def outlet_event(asset: str, version: str, seconds: int, **payload: Any) -> Any:
+    """The event of a DatasetVersionSensor's outlet: the payload is the extra itself."""
+    extra = {"version": version, "uri": f"/data/churn/version={version}", "name": "churn", **payload}
+    return event_with_extra(asset, extra, seconds)
+
+
+def event_with_extra(asset: str, extra: dict[str, Any], seconds: int) -> Any:
+    from airflow.sdk.execution_time.comms import AssetEventDagRunReferenceResult
+
     return AssetEventDagRunReferenceResult(
         asset={"name": asset, "uri": f"file:///data/{asset}", "extra": {}},
         extra=extra,
@@ -102,3 +113,32 @@ def test_version_tags_per_asset():
     assert tags["dataset.churn.covered_versions"] == "0002,0003"
     assert tags["dataset.sales.version"] == "7" and "dataset.sales.covered_versions" not in tags
     assert version_tags(context()) == {}
+
+
+def test_a_sensor_outlet_event_reads_like_a_watcher_event():
+    ctx = context(
+        outlet_event("churn_checked", "0004", 1, fingerprint="f4", covered_versions=["0003", "0004"]),
+        event_with_extra("churn_checked", {"version": "v9"}, 2),  # another producer's: no uri
+    )
+    payload = triggering_version(ctx, "churn_checked")
+    assert payload is not None
+    assert (payload["version"], payload["asset"], payload["name"]) == ("0004", "churn_checked", "churn")
+    assert payload["covered_versions"] == ["0003", "0004"]  # what the sensor covered
+    assert dataset_version("churn_checked", field="uri").resolve(ctx) == "/data/churn/version=0004"
+    assert version_tags(ctx) == {
+        "dataset.churn_checked.version": "0004",
+        "dataset.churn_checked.uri": "/data/churn/version=0004",
+        "dataset.churn_checked.fingerprint": "f4",
+    }
+
+
+def test_the_run_versions_are_resolved_once_per_context():
+    ctx = context(event("churn", "0002", 1), event("churn", "0003", 2))
+    resolved = run_versions(ctx)
+    assert run_versions(ctx) is resolved
+    assert [v.version for v in resolved.triggered] == ["0002", "0003"]
+    assert run_versions(context(event("churn", "0002", 1))) is not resolved
+    bad = context(event("churn", "0003", 1), conf={"dataset_version": {"uri": "/x"}})
+    assert [v["version"] for v in triggering_versions(bad)] == ["0003"]  # the events still read
+    with pytest.raises(ValueError, match=r"dag_run.conf\['dataset_version'\].*needs 'version'"):
+        triggering_version(bad)

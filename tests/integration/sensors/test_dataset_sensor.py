@@ -9,6 +9,8 @@ import pytest
 from dataset_fixtures import land
 from harness import load_dag, run_dag, task_states
 
+from airflow_ml_provider.dataset_version import DatasetVersion
+
 pytestmark = pytest.mark.integration
 
 
@@ -54,6 +56,11 @@ def test_sensor_delivers_newer_versions_and_remembers_the_last(airflow_db, tmp_p
     assert value["uri"] == f"{root}/version=0002"
     (extra,) = _asset_event_extras("test_dataset_checked", first.run_id)
     assert extra["version"] == "0002" and extra["fingerprint"] == value["fingerprint"]
+    # One payload: the outlet event carries what the XCom holds, read back by the same type.
+    found = DatasetVersion.from_event_extra(extra)
+    assert (
+        found is not None and found.to_payload() == value == DatasetVersion.from_payload(value).to_payload()
+    )
 
     (root / "version=0003" / "_SUCCESS").touch()
     second = run_dag(dag, conf={"root": str(root)})

@@ -329,3 +329,23 @@ async def test_watermark_keeps_a_floor_beyond_its_size(tmp_path: Path, monkeypat
     gen = Events(make(tmp_path, store, start_from="all"))
     await gen.none()  # 01..03 are below the floor: not new
     await gen.aclose()
+
+
+def test_payload_is_a_dataset_version_in_the_watcher_shape(tmp_path: Path):
+    from airflow_ml_provider.dataset_version import DatasetVersion
+    from airflow_ml_provider.hooks.datasets import PartitionedSource
+    from airflow_ml_provider.triggers.dataset import newest_after, payload_of, version_of
+
+    land(tmp_path, "0001")
+    land(tmp_path, "0002")
+    source = PartitionedSource(str(tmp_path))
+    first, second = source.list_versions()
+    payload = payload_of(second, "0001", source)
+    assert list(payload) == [
+        *("name", "uri", "version", "fingerprint", "discovered_at", "completed_at", "extra"),
+        *("previous_version", "source", "root", "marker", "pattern", "conn_id"),
+    ]
+    assert version_of(second, "0001", source) == DatasetVersion.from_payload(payload)
+    newest = newest_after(source, [first, second], None)
+    assert newest is not None and newest.covered_versions == ("0001", "0002")
+    assert newest.to_payload()["previous_version"] is None
