@@ -1,6 +1,10 @@
 """
 Hook for a training gang on Kubernetes: launch, watch, read the logs of and delete its Indexed Job.
 
+What a gang's status means (:func:`job_verdict`), how long API errors are ridden out
+(:class:`ErrorPatience`) and the whole poll policy (:class:`GangWatch`) live here once: the
+synchronous :meth:`TrainingGangHook.wait` and the deferrable trigger both use them.
+
 A thin layer over the cncf provider's ``KubernetesHook`` (the ``kubernetes`` extra), which owns the
 connection. Every call goes to the ``kubernetes`` client's API objects directly, not through the
 cncf helpers: ``KubernetesHook.create_job`` and ``get_job_status`` retry 409 and 5xx for up to
@@ -22,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from airflow.sdk import BaseHook
 
 from airflow_ml_provider.exceptions import MLProviderError
-from airflow_ml_provider.runners.kubernetes_objects import LABEL_GANG
+from airflow_ml_provider.runners.kubernetes_objects import LABEL_GANG, SPEC_ANNOTATION
 
 if TYPE_CHECKING:
     from airflow.providers.cncf.kubernetes.hooks.kubernetes import KubernetesHook
@@ -42,6 +46,13 @@ RBAC_RULES: tuple[tuple[str, str, tuple[str, ...]], ...] = (
 RBAC_DOC = "docs/training.md#kubernetes-rbac"
 # Pod names listed in a message before "and N more".
 MAX_NAMED_PODS = 3
+# Last lines of each failed pod put into the task's error.
+LOG_TAIL_LINES = 40
+MAX_BACKOFF_SECONDS = 60.0
+# API errors are ridden out for at least this long (an API server restart, a control-plane upgrade).
+MIN_ERROR_TIMEOUT_SECONDS = 300.0
+# A gang in one of these phases is still doing this try's work: a retry may reattach to it.
+LIVE_PHASES = ("pending", "running")
 
 
 class KubernetesPermissionError(MLProviderError):
@@ -178,6 +189,16 @@ def _sentence(text: str) -> str:
     return text if text.endswith(".") else f"{text}."
 
 
+def _workers(job: dict[str, Any]) -> int:
+    """The gang size of a Job manifest: its ``completions`` (Kubernetes' default is 1)."""
+    return int(job["spec"].get("completions") or 1)
+
+
+def _template_annotations(job: V1Job) -> dict[str, str]:
+    template = job.spec.template if job.spec is not None else None
+    return dict((template.metadata.annotations if template and template.metadata else None) or {})
+
+
 def _name_pods(names: list[str]) -> str:
     shown = ", ".join(names[:MAX_NAMED_PODS])
     more = len(names) - MAX_NAMED_PODS
@@ -232,28 +253,24 @@ class TrainingGangHook(BaseHook):
 
     # -- launch ---------------------------------------------------------------------------------
 
-    def launch(self, job: dict[str, Any], service: dict[str, Any]) -> bool:
+    def launch(self, job: dict[str, Any], service: dict[str, Any] | None = None) -> bool:
         """
         Create the gang's headless Service, then its Job; reattach to the gang's own Job if it exists.
 
         :param job: the Indexed Job manifest (:func:`~airflow_ml_provider.runners.kubernetes_objects.indexed_job`).
-        :param service: the headless Service manifest, same name and namespace.
+        :param service: the headless Service manifest, same name and namespace; None for a Job
+            whose pods need no DNS names (a single-pod step).
         :return: True when the Job already existed and carries this gang's label (a retried or
             resumed task reattaches), False when this call created it.
         :raises ValueError: a Job or Service of that name exists and belongs to something else.
         :raises KubernetesPermissionError: the connection's identity may not create or read them.
+
+        .. seealso:: :meth:`start_or_reattach`, which first replaces a stale Job of an earlier try.
         """
         name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
-        if (service["metadata"]["name"], service["metadata"]["namespace"]) != (name, namespace):
-            raise ValueError(
-                f"Training gang {namespace}/{name}: the Service must have the Job's name and namespace, "
-                f"got {service['metadata']['namespace']}/{service['metadata']['name']}."
-            )
-        core, batch = self.kube_hook.core_v1_client, self.kube_hook.batch_v1_client
-        if self._create_or_adopt(
-            "services", core.create_namespaced_service, core.read_namespaced_service, service
-        ):
-            self.log.info("Service %s/%s of the training gang exists already; using it.", namespace, name)
+        if service is not None:
+            self._launch_service(name, namespace, service)
+        batch = self.kube_hook.batch_v1_client
         existing = self._create_or_adopt(
             "jobs.batch", batch.create_namespaced_job, batch.read_namespaced_job, job
         )
@@ -273,6 +290,67 @@ class TrainingGangHook(BaseHook):
             name,
         )
         return True
+
+    def _launch_service(self, name: str, namespace: str, service: dict[str, Any]) -> None:
+        if (service["metadata"]["name"], service["metadata"]["namespace"]) != (name, namespace):
+            raise ValueError(
+                f"Training gang {namespace}/{name}: the Service must have the Job's name and namespace, "
+                f"got {service['metadata']['namespace']}/{service['metadata']['name']}."
+            )
+        core = self.kube_hook.core_v1_client
+        if self._create_or_adopt(
+            "services", core.create_namespaced_service, core.read_namespaced_service, service
+        ):
+            self.log.info("Service %s/%s of the training gang exists already; using it.", namespace, name)
+
+    def start_or_reattach(
+        self, job: dict[str, Any], service: dict[str, Any] | None, *, log: Any = None
+    ) -> bool:
+        """
+        Start the gang, or reattach to the one an earlier try of the task left running.
+
+        A retry reattaches only to a Job of this gang (by its label) that is still pending or
+        running the same spec (:data:`~airflow_ml_provider.runners.kubernetes_objects.SPEC_ANNOTATION`
+        of its pod template; the spec names the task's MLflow run, so it is the same across tries)
+        with as many workers. A finished Job (failed, or succeeded before a clear) or one started
+        with other arguments is deleted, and waited for, before the new one is created. A Job of
+        that name that is not this gang's is left alone: :meth:`launch` refuses it.
+
+        :param job: the Job manifest; its ``spec.completions`` is the gang size.
+        :param service: the headless Service manifest, or None for a Job without one.
+        :param log: where to say what happened (the operator's ``self.log``); the hook's by default.
+        :return: True when it reattached, False when it created the Job.
+        """
+        log = log or self.log
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        reason = self._stale_reason(job)
+        if reason is not None:
+            log.info("Replacing gang %s of an earlier try: %s", name, reason)
+            self.delete(name, namespace, wait=True)
+        reattached = self.launch(job, service)
+        if reattached:
+            log.info("Reattached to gang %s in %s: it is still running this spec", name, namespace)
+        else:
+            log.info("Started gang %s: Job of %d pod(s) in %s", name, _workers(job), namespace)
+        return reattached
+
+    def _stale_reason(self, job: dict[str, Any]) -> str | None:
+        """Why the gang's existing Job must go before ``job`` starts; None when absent, live or not ours."""
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        existing = self._read_or_none(
+            "jobs.batch", self.kube_hook.batch_v1_client.read_namespaced_job, name, namespace
+        )
+        if existing is None or (existing.metadata.labels or {}).get(LABEL_GANG) != name:
+            return None
+        wanted = (job["spec"]["template"].get("metadata") or {}).get("annotations", {}).get(SPEC_ANNOTATION)
+        if wanted is None or _template_annotations(existing).get(SPEC_ANNOTATION) != wanted:
+            return "it ran another spec"
+        workers, found = _workers(job), existing.spec.completions if existing.spec else None
+        if found != workers:
+            return f"it has {found} workers, this try asks for {workers}"
+        pods = sorted(self._gang_pods(name, namespace, owner_uid=existing.metadata.uid), key=_index)
+        phase = gang_status(name, namespace, workers, existing, pods).phase
+        return None if phase in LIVE_PHASES else f"it is {phase}"
 
     def _create_or_adopt(
         self, resource: str, create: Callable[..., Any], read: Callable[..., Any], manifest: dict[str, Any]
@@ -322,9 +400,7 @@ class TrainingGangHook(BaseHook):
         job = self._read_or_none(
             "jobs.batch", self.kube_hook.batch_v1_client.read_namespaced_job, name, namespace
         )
-        template = job.spec.template if job is not None and job.spec is not None else None
-        annotations = (template.metadata.annotations if template and template.metadata else None) or {}
-        value = annotations.get(key)
+        value = _template_annotations(job).get(key) if job is not None else None
         return str(value) if value is not None else None
 
     # -- status ---------------------------------------------------------------------------------
@@ -362,6 +438,60 @@ class TrainingGangHook(BaseHook):
         if owner_uid is None:
             return pods
         return [p for p in pods if any(o.uid == owner_uid for o in p.metadata.owner_references or [])]
+
+    def wait(
+        self,
+        name: str,
+        namespace: str,
+        workers: int,
+        *,
+        started_at: float,
+        start_timeout: float | None,
+        poll_interval: float,
+        error_timeout: float | None = None,
+        log: Any = None,
+        sleep: Callable[[float], Any] = time.sleep,
+    ) -> dict[str, Any]:
+        """
+        Poll the gang in this process until it succeeds, fails or does not start in time.
+
+        The same policy, events and log lines as the deferrable
+        :class:`~airflow_ml_provider.triggers.training_gang.TrainingGangTrigger` (:class:`GangWatch`).
+
+        :param name: the gang's name (Job and Service).
+        :param namespace: its namespace.
+        :param workers: the gang size.
+        :param started_at: when the gang was launched, Unix seconds.
+        :param start_timeout: seconds after ``started_at`` by which every worker must run; None
+            waits for ever.
+        :param poll_interval: seconds between polls.
+        :param error_timeout: seconds of uninterrupted API errors before an ``error`` event; None
+            for ``max(300, 5 * poll_interval)``.
+        :param log: where phase changes (INFO) and poll errors (WARNING) go; the hook's by default.
+        :param sleep: how to wait between polls.
+        :return: the event, ``{"status", "name", "namespace", "message"}``, status ``success``,
+            ``failed``, ``start_timeout`` or ``error``.
+        """
+        watch = GangWatch(
+            name,
+            namespace,
+            started_at=started_at,
+            start_timeout=start_timeout,
+            poll_interval=poll_interval,
+            error_timeout=error_timeout,
+            kubernetes_conn_id=self.kubernetes_conn_id,
+            log=log or self.log,
+        )
+        while True:
+            try:
+                gang = self.status(name, namespace, workers)
+            except Exception as err:
+                event = watch.failed(err)
+            else:
+                event = watch.polled(gang)
+            if event is not None:
+                return event
+            sleep(watch.delay)
 
     # -- logs -----------------------------------------------------------------------------------
 
@@ -431,6 +561,49 @@ class TrainingGangHook(BaseHook):
         )
         if wait:
             self._wait_gone(name, namespace, timeout, poll_interval)
+
+    def conclude(
+        self,
+        event: dict[str, Any],
+        *,
+        what: str,
+        gang: bool,
+        start_timeout: float,
+        report: str | None,
+        log: Any = None,
+    ) -> None:
+        """
+        Act on the final event of a step's Job (from :meth:`wait` or the trigger).
+
+        Success: log the pods' last lines and remove a gang's Service (the Job and its pods stay
+        until their TTL, for their logs). An unreachable API (``error``): leave the Job, a retry
+        reattaches to it. Otherwise delete the Job and raise :class:`TrainingJobFailed` with the
+        failing pods' last lines.
+
+        :param event: ``{"status", "name", "namespace", "message"}``.
+        :param what: what the Job is called in the error, e.g. ``"Training gang x in namespace ml"``.
+        :param gang: the Job has a headless Service.
+        :param start_timeout: the start timeout the wait used, for the message.
+        :param report: the task's MLflow run, for the message.
+        """
+        from airflow_ml_provider.exceptions import TrainingJobFailed
+
+        log = log or self.log
+        name, namespace = str(event.get("name")), str(event.get("namespace"))
+        status, message = event.get("status"), str(event.get("message", ""))
+        if status == "success":
+            for pod, lines in self.log_tail(name, namespace, lines=10).items():
+                log.info("Last lines of %s:\n%s", pod, "\n".join(lines))
+            if gang:
+                self.delete_service(name, namespace)
+            return
+        if status == "error":
+            raise TrainingJobFailed(what, f"could not follow the Job: {message}", report=report)
+        tails = self.log_tail(name, namespace, lines=LOG_TAIL_LINES)
+        self.delete(name, namespace)
+        if status == "start_timeout":
+            message = f"did not fully start within {start_timeout:.0f} s, so it was deleted: {message}"
+        raise TrainingJobFailed(what, message, log_tails=tails, report=report)
 
     def delete_service(self, name: str, namespace: str) -> bool:
         """Delete the gang's headless Service only (the Job stays for its logs); False when it was gone."""
@@ -517,3 +690,193 @@ def _pending_message(where: str, workers: int, started: int, job: V1Job, pods: l
     return _sentence(
         f"{where}: {started} of {workers} pods running; {workers - started} not started: " + "; ".join(parts)
     )
+
+
+# -- waiting: one policy for the synchronous wait and the trigger ----------------------------------
+
+
+def job_verdict(
+    status: GangStatus,
+    *,
+    name: str,
+    namespace: str,
+    started_at: float,
+    now: float,
+    start_timeout: float | None,
+) -> tuple[str, str] | None:
+    """
+    What a gang's status means to whoever waits for it: ``(event status, message)``, or None to poll on.
+
+    The event status is ``success``, ``failed`` (a worker or the Job failed, or the Job is gone)
+    or ``start_timeout`` (still pending ``start_timeout`` seconds after ``started_at``; a gang only
+    trains when all its workers run, so a partial gang is no progress).
+
+    :param status: the gang's :class:`GangStatus`.
+    :param name: the gang's name.
+    :param namespace: its namespace.
+    :param started_at: when it was launched, Unix seconds.
+    :param now: the time of ``status``, Unix seconds.
+    :param start_timeout: seconds by which every worker must run; None waits for ever.
+    """
+    if status.phase == "succeeded":
+        return "success", status.message
+    if status.phase == "failed":
+        return "failed", status.message
+    if status.phase == "missing":
+        return (
+            "failed",
+            f"Job {namespace}/{name} was deleted outside Airflow before it was seen to "
+            "finish (kubectl delete, a deleted namespace, or its ttlSecondsAfterFinished ran out "
+            "while no triggerer watched); its workers' logs are gone with it.",
+        )
+    if status.phase == "pending" and start_timeout is not None and now >= started_at + float(start_timeout):
+        return (
+            "start_timeout",
+            f"The training gang did not fully start within {start_timeout:g} s of its launch: {status.message}",
+        )
+    return None
+
+
+class ErrorPatience:
+    """
+    How long API errors in a row are ridden out, and how long to wait before the next try.
+
+    :param poll_interval: seconds between polls; the backoff starts from it.
+    :param error_timeout: seconds of errors in a row before giving up; None for
+        ``max(300, 5 * poll_interval)``, which outlasts an API server restart.
+    :param clock: monotonic seconds.
+    """
+
+    def __init__(
+        self,
+        poll_interval: float,
+        error_timeout: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.poll_interval = float(poll_interval)
+        self.timeout = (
+            float(error_timeout)
+            if error_timeout is not None
+            else max(MIN_ERROR_TIMEOUT_SECONDS, 5 * self.poll_interval)
+        )
+        self.count = 0
+        self._since: float | None = None
+        self._clock = clock
+
+    def add(self) -> float:
+        """Count one more error; the streak's duration in seconds."""
+        self.count += 1
+        if self._since is None:
+            self._since = self._clock()
+        return self.duration()
+
+    def duration(self) -> float:
+        """Seconds since the first error of the streak; 0 without one."""
+        return 0.0 if self._since is None else self._clock() - self._since
+
+    def exhausted(self) -> bool:
+        """The streak has lasted ``timeout`` seconds: give up."""
+        return self.count > 0 and self.duration() >= self.timeout
+
+    def next_delay(self) -> float:
+        """``poll_interval * 2**count``, at most 60 s (never below the interval) and the patience left."""
+        backoff = max(self.poll_interval, min(self.poll_interval * 2**self.count, MAX_BACKOFF_SECONDS))
+        return max(0.0, min(backoff, self.timeout - self.duration()))
+
+    def reset(self) -> None:
+        """A poll worked: the next error starts a new streak."""
+        self.count = 0
+        self._since = None
+
+
+class GangWatch:
+    """
+    The policy of waiting for a gang, without the waiting: what each poll's outcome means.
+
+    Feed it every poll's :class:`GangStatus` (:meth:`polled`) or exception (:meth:`failed`);
+    each returns the final event, ``{"status", "name", "namespace", "message"}``, or None, and
+    then :attr:`delay` is how long to sleep before the next poll. A 403
+    (:class:`KubernetesPermissionError`) is an ``error`` at once; other errors are retried with
+    :class:`ErrorPatience` until it runs out. Logs phase changes at INFO and poll errors at WARNING.
+
+    :param log: the logger the lines go to.
+    :param kubernetes_conn_id: the connection, named in the message when the API stays unreachable.
+
+    The other parameters are :meth:`TrainingGangHook.wait`'s.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        namespace: str,
+        *,
+        started_at: float,
+        start_timeout: float | None,
+        poll_interval: float,
+        error_timeout: float | None = None,
+        kubernetes_conn_id: str | None = None,
+        log: Any,
+    ) -> None:
+        self.name = name
+        self.namespace = namespace
+        self.started_at = float(started_at)
+        self.start_timeout = start_timeout
+        self.poll_interval = float(poll_interval)
+        self.kubernetes_conn_id = kubernetes_conn_id
+        self.log = log
+        self.patience = ErrorPatience(poll_interval, error_timeout)
+        self.delay = self.poll_interval
+        self._last: tuple[str, str] | None = None
+
+    def event(self, status: str, message: str) -> dict[str, Any]:
+        return {"status": status, "name": self.name, "namespace": self.namespace, "message": message}
+
+    def polled(self, gang: GangStatus, now: float | None = None) -> dict[str, Any] | None:
+        """The final event for a successful poll (``now``: its Unix time), or None to poll again."""
+        where = (self.namespace, self.name)
+        if self.patience.count:
+            self.log.info(
+                "Polling training gang %s/%s works again after %d error(s).", *where, self.patience.count
+            )
+            self.patience.reset()
+        verdict = job_verdict(
+            gang,
+            name=self.name,
+            namespace=self.namespace,
+            started_at=self.started_at,
+            now=time.time() if now is None else now,
+            start_timeout=self.start_timeout,
+        )
+        if verdict is not None:
+            self.log.info("Training gang %s/%s: %s: %s", *where, *verdict)
+            return self.event(*verdict)
+        if (gang.phase, gang.message) != self._last:
+            self.log.info("Training gang %s/%s is %s: %s", *where, gang.phase, gang.message)
+            self._last = (gang.phase, gang.message)
+        self.delay = self.poll_interval
+        return None
+
+    def failed(self, err: Exception) -> dict[str, Any] | None:
+        """The ``error`` event for a poll that raised ``err``, or None to retry after :attr:`delay`."""
+        where = (self.namespace, self.name)
+        if isinstance(err, KubernetesPermissionError):
+            self.log.error("Training gang %s/%s: %s", *where, err)
+            return self.event("error", str(err))
+        self.patience.add()
+        if self.patience.exhausted():
+            message = (
+                f"The Kubernetes API failed on every poll of Job {self.namespace}/{self.name} for "
+                f"{self.patience.duration():.0f} s ({self.patience.count} tries through connection "
+                f"{self.kubernetes_conn_id!r}); last error: {describe_api_error(err)}"
+            )
+            self.log.error("%s", message)
+            return self.event("error", message)
+        self.delay = self.patience.next_delay()
+        self.log.warning(
+            "Polling training gang %s/%s failed (%d in a row): %s. Next try in %.1f s.",
+            *where,
+            self.patience.count,
+            describe_api_error(err),
+            self.delay,
+        )
+        return None
