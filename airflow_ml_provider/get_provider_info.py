@@ -14,6 +14,16 @@ TUNING = "Optuna hyperparameter tuning"
 DOCS_URL = "https://github.com/airflow-ml-provider/airflow-ml-provider"
 
 
+def _option(description: str, example: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "version_added": "0.2.0",
+        "type": "string",
+        "example": example,
+        "default": "",
+    }
+
+
 def get_provider_info() -> dict[str, Any]:
     """Return what this provider contributes to Airflow, in provider_info.schema.json form."""
     return {
@@ -132,6 +142,46 @@ def get_provider_info() -> dict[str, Any]:
         "plugins": [
             {"name": "ml_lineage", "plugin-class": "airflow_ml_provider.plugins.lineage.MLLineagePlugin"},
         ],
+        "config": {
+            "ml_provider": {
+                "description": (
+                    "Defaults of the ML provider's operators: where steps run (see the Placements page) "
+                    "and what the ML lineage view may read."
+                ),
+                "options": {
+                    "default_placement": _option(
+                        "Where steps run when a task names no placement: worker, interpreter or pod. Empty: "
+                        "each operator's own default (training and tuning: interpreter; others: worker).",
+                        "pod",
+                    ),
+                    "step_python": _option(
+                        "The interpreter of placement='interpreter' (the step environment, with the "
+                        "TensorFlow stack). Empty: the worker's own.",
+                        "/opt/ml-steps/bin/python",
+                    ),
+                    "step_image": _option(
+                        "The image of placement='pod': this provider and the steps' dependencies.",
+                        "registry.example.com/ml-steps:1.2",
+                    ),
+                    "step_namespace": _option("The namespace of the steps' pods. Empty: default.", "ml"),
+                    "step_service_account": _option("The service account of the steps' pods.", "ml-steps"),
+                    "step_resources": _option(
+                        "The steps' pods' container resources, as JSON. Empty: requests 1 CPU and 2 GiB, "
+                        "limits 2 CPUs and 4 GiB.",
+                        '{"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}',
+                    ),
+                    "kubernetes_conn_id": _option(
+                        "The kubernetes connection (cncf provider) of the steps' pods. Empty: kubernetes_default.",
+                        "kubernetes_ml",
+                    ),
+                    "lineage_artifact_roots": _option(
+                        "Comma-separated artifact roots the ML lineage view may read besides MLflow's "
+                        "artifact proxy (mlflow-artifacts:) and the connection's artifact_location.",
+                        "s3://ml-artifacts/",
+                    ),
+                },
+            },
+        },
         "extra-links": [
             "airflow_ml_provider.links.mlflow.MlflowRunLink",
             "airflow_ml_provider.links.mlflow.MlflowExperimentLink",

@@ -242,7 +242,7 @@ def _gang_run(data: Path, work: Path, storage: str, mlflow: Any, workers: int) -
     }
     gang = GangRunner([{WORKER_ENV: str(i)} for i in range(workers)], env=env)
     started = time.perf_counter()
-    results = gang.run("tune", spec)
+    results = gang.run_all("tune", spec)
     wall = time.perf_counter() - started
     records = _records(folder)
     trials = [t for r in results for t in r["trials"]]

@@ -80,15 +80,15 @@ class StepCacheMixin:
 
     def replay_cached(self, context: Context, run: TaskRun, key: str, hit: CacheHit) -> Any:
         """Tag this task's run as a hit, say so in the log, and return the cached XCom value."""
-        from airflow_ml_provider.cache import (
+        from airflow_ml_provider.vocabulary import (
             TAG_CACHE_HIT,
-            TAG_CACHE_KEY,
-            TAG_CACHE_SOURCE,
+            TAG_CACHE_KEY_REUSED,
+            TAG_CACHE_SOURCE_RUN_ID,
             TAG_CACHE_SOURCE_URL,
             XCOM_CACHE_SOURCE_URL,
         )
 
-        tags = {TAG_CACHE_HIT: "true", TAG_CACHE_SOURCE: hit.run_id, f"{TAG_CACHE_KEY}_reused": key}
+        tags = {TAG_CACHE_HIT: "true", TAG_CACHE_SOURCE_RUN_ID: hit.run_id, TAG_CACHE_KEY_REUSED: key}
         if hit.url:
             tags[TAG_CACHE_SOURCE_URL] = hit.url
             # The report links (extra links) open the source run, where the reports are.

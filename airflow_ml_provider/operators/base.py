@@ -81,15 +81,19 @@ class MLflowTrackedOperator(BaseOperator):
         inputs = {name: getattr(self, name, None) for name in self.dataset_inputs}
         check_inputs(self.task_id, inputs, self.completion_marker, triggering_version(context))
 
-    def execute_complete(self, context: Context, event: dict[str, Any]) -> Any:
-        """Resume after a deferral, inside the same MLflow run (it stayed RUNNING meanwhile)."""
+    def execute_complete(self, context: Context, event: dict[str, Any], **kwargs: Any) -> Any:
+        """
+        Resume after a deferral, inside the same MLflow run (it stayed RUNNING meanwhile).
+
+        ``kwargs`` are those the operator passed to ``defer()``.
+        """
         with self._tracked(context) as run:
-            return self.complete_tracked(context, run, event)
+            return self.complete_tracked(context, run, event, **kwargs)
 
     def execute_tracked(self, context: Context, run: TaskRun) -> Any:
         """Do the task's work; log into ``run``. The return value goes to XCom."""
         raise NotImplementedError
 
-    def complete_tracked(self, context: Context, run: TaskRun, event: dict[str, Any]) -> Any:
+    def complete_tracked(self, context: Context, run: TaskRun, event: dict[str, Any], **kwargs: Any) -> Any:
         """Finish the work after the trigger fired ``event`` (for operators that defer)."""
         raise NotImplementedError

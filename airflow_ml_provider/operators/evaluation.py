@@ -3,23 +3,29 @@
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import EvaluationReportLink
-from airflow_ml_provider.ml.scratch import make_scratch_dir
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
-from airflow_ml_provider.operators.step import MLStepOperator
+from airflow_ml_provider.operators.step import ON_PROBLEM, MLStepOperator
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_EVALUATION_DIR,
+    ARTIFACT_EVALUATION_RECORD,
+    STEP_EVALUATE_MODEL,
+    TAG_CANDIDATE_MODEL_URI,
+    TAG_REPLACED_VERSION,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.tracking import TaskRun
 
-ON_NOT_BLESSED = ("fail", "skip", "warn")
+ON_NOT_BLESSED = ON_PROBLEM
 ENGINES = ("auto", "fast", "beam")
-ARTIFACT_DIR = "evaluation"
+ARTIFACT_DIR = ARTIFACT_EVALUATION_DIR
 
 
 class ModelEvaluationOperator(MLStepOperator):
@@ -67,6 +73,7 @@ class ModelEvaluationOperator(MLStepOperator):
     dataset_inputs = ("data_uri",)
     cache_inputs = ("data_uri",)
     cache_artifacts = (ARTIFACT_DIR,)
+    artifact_dir = ARTIFACT_DIR
     # The baseline's name and version, for blessing.json: baseline_model_uri (in the key) names it.
     cache_volatile = (*MLStepOperator.cache_volatile, "baseline")
 
@@ -81,7 +88,7 @@ class ModelEvaluationOperator(MLStepOperator):
         "label_key",
         "example_weight_key",
         "dataset_version",
-        "python",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
     template_fields_renderers = {"eval_config": "json"}
@@ -107,7 +114,7 @@ class ModelEvaluationOperator(MLStepOperator):
         beam_pipeline_args: list[str] | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(step="evaluate_model", **kwargs)
+        super().__init__(step=STEP_EVALUATE_MODEL, **kwargs)
         self.candidate_model_uri = candidate_model_uri
         self.eval_config = eval_config
         self.data_uri = data_uri
@@ -122,16 +129,13 @@ class ModelEvaluationOperator(MLStepOperator):
         self.on_not_blessed = on_not_blessed
         self.engine = engine
         self.beam_pipeline_args = beam_pipeline_args
-        self._output_dir: str | None = None
         self._baseline: dict[str, Any] | None = None
+        self._replaced_by_candidate: str | None = None
 
     def _check_arguments(self) -> None:
         super()._check_arguments()
         where = f"Task {self.task_id!r}"
-        if self.on_not_blessed not in ON_NOT_BLESSED:
-            raise ValueError(
-                f"{where}: on_not_blessed={self.on_not_blessed!r} is not one of {', '.join(ON_NOT_BLESSED)}."
-            )
+        self.check_policy("on_not_blessed")
         if self.engine not in ENGINES:
             raise ValueError(f"{where}: engine={self.engine!r} is not one of {', '.join(ENGINES)}.")
         if not self.candidate_model_uri or not isinstance(self.candidate_model_uri, str):
@@ -178,7 +182,6 @@ class ModelEvaluationOperator(MLStepOperator):
 
         self._baseline = self._resolve_baseline(run)
         self._replaced_by_candidate = self._champion_replaced(run)
-        self._output_dir = make_scratch_dir("ml-evaluation")
         config = self.eval_config
         if self.dataset_version is None:
             self.dataset_version = (triggering_version(context) or {}).get("version")
@@ -195,7 +198,7 @@ class ModelEvaluationOperator(MLStepOperator):
             "engine": self.engine,
             "beam_pipeline_args": self.beam_pipeline_args,
             "tracking_uri": run.hook.settings.tracking_uri,
-            "output_dir": f"{self._output_dir}/out",
+            "output_dir": self.output_dir(),
             "title": f"{context['ti'].dag_id} / {context['ti'].task_id}",
             "context": {
                 "DAG run": str(context["ti"].run_id),
@@ -205,6 +208,14 @@ class ModelEvaluationOperator(MLStepOperator):
             },
         }
         return {key: value for key, value in spec.items() if value is not None}
+
+    def resume_state(self) -> dict[str, Any]:
+        return {"baseline": self._baseline, "dataset_version": self.dataset_version}
+
+    def restore_state(self, state: dict[str, Any]) -> None:
+        self._baseline = state.get("baseline")
+        if state.get("dataset_version") is not None:
+            self.dataset_version = state["dataset_version"]
 
     def _baseline_summary(self) -> dict[str, Any] | None:
         """The baseline as the blessing records it: model name, alias, version and URI."""
@@ -220,21 +231,13 @@ class ModelEvaluationOperator(MLStepOperator):
             return f"{self._baseline['model_name']}@{self._baseline['alias']} = version {self._baseline['version']}"
         return str(self._baseline["model_uri"])
 
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        try:
-            return super().execute_tracked(context, run)
-        finally:
-            if self._output_dir:
-                shutil.rmtree(self._output_dir, ignore_errors=True)
-
     def handle_result(
         self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
     ) -> Any:
         super().handle_result(context, run, spec, result)
-        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
         record = self._blessing_record(run, result)
         run.hook.client.log_text(
-            run.run_id, json.dumps(record, indent=1, default=str), f"{ARTIFACT_DIR}/record.json"
+            run.run_id, json.dumps(record, indent=1, default=str), ARTIFACT_EVALUATION_RECORD
         )
         return record
 
@@ -247,7 +250,7 @@ class ModelEvaluationOperator(MLStepOperator):
                 "Cache: %s names an alias, which can move; not caching this evaluation.", mutable[0]
             )
             return None
-        replaced = getattr(self, "_replaced_by_candidate", None)
+        replaced = self._replaced_by_candidate
         if replaced is not None and self.cache_enabled():
             # Comparing the champion with itself says nothing: the evaluation that promoted it
             # (against the version it replaced) stands, and is what the cache looks up.
@@ -278,9 +281,9 @@ class ModelEvaluationOperator(MLStepOperator):
             return None
         tags = version.tags or {}
         # MLflow may store a logged model's artifact location as the source; the tag keeps the URI.
-        if str(self.candidate_model_uri) not in (version.source, tags.get("airflow_ml.candidate_model_uri")):
+        if str(self.candidate_model_uri) not in (version.source, tags.get(TAG_CANDIDATE_MODEL_URI)):
             return None
-        return tags.get("airflow_ml.replaced_version")
+        return tags.get(TAG_REPLACED_VERSION)
 
     def cache_extra(self) -> dict[str, Any]:
         return {"registered_model_name": self.registered_model_name, "dataset_version": self.dataset_version}
@@ -303,13 +306,7 @@ class ModelEvaluationOperator(MLStepOperator):
         error = ModelNotBlessed(
             record["candidate_model_uri"], record["failed_thresholds"], report=record["report"]
         )
-        if self.on_not_blessed == "fail":
-            raise error
-        if self.on_not_blessed == "skip":
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
-        self.log.warning("%s -- going on (on_not_blessed='warn').", error)
+        self.gate(self.on_not_blessed, error, argument="on_not_blessed")
         return record
 
     def _blessing_record(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:

@@ -2,21 +2,21 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_ml_provider.ml.scratch import make_scratch_dir
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
-from airflow_ml_provider.operators.step import MLStepOperator
+from airflow_ml_provider.operators.step import ON_PROBLEM, MLStepOperator
+from airflow_ml_provider.vocabulary import ARTIFACT_INFRA_VALIDATION_DIR, STEP_INFRA_VALIDATE
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.tracking import TaskRun
 
-ON_FAILURE = ("fail", "skip", "warn")
-ARTIFACT_DIR = "infra_validation"
+ON_FAILURE = ON_PROBLEM
+ARTIFACT_DIR = ARTIFACT_INFRA_VALIDATION_DIR
 
 
 class InfraValidationOperator(MLStepOperator):
@@ -47,13 +47,14 @@ class InfraValidationOperator(MLStepOperator):
     dataset_inputs = ("data_uri",)
     cache_inputs = ("data_uri",)
     cache_artifacts = (ARTIFACT_DIR,)
+    artifact_dir = ARTIFACT_DIR
 
     template_fields: Sequence[str] = (
         "model_uri",
         "data_uri",
         "data_format",
         "max_latency_ms",
-        "python",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
     template_fields_renderers = {"max_latency_ms": "json"}
@@ -75,7 +76,7 @@ class InfraValidationOperator(MLStepOperator):
         on_failure: str = "fail",
         **kwargs: Any,
     ) -> None:
-        super().__init__(step="infra_validate", **kwargs)
+        super().__init__(step=STEP_INFRA_VALIDATE, **kwargs)
         self.model_uri = model_uri
         self.data_uri = data_uri
         self.data_format = data_format
@@ -87,19 +88,14 @@ class InfraValidationOperator(MLStepOperator):
         self.load_timeout = load_timeout
         self.timeout = timeout
         self.on_failure = on_failure
-        self._output_dir: str | None = None
 
     def _check_arguments(self) -> None:
         super()._check_arguments()
-        if self.on_failure not in ON_FAILURE:
-            raise ValueError(
-                f"Task {self.task_id!r}: on_failure={self.on_failure!r} is not one of {', '.join(ON_FAILURE)}."
-            )
+        self.check_policy("on_failure")
         if not self.model_uri or not isinstance(self.model_uri, str):
             raise ValueError(f"Task {self.task_id!r}: model_uri must be a model URI, got {self.model_uri!r}.")
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
-        self._output_dir = make_scratch_dir("ml-infra")
         spec: dict[str, Any] = {
             "model_uri": str(self.model_uri),
             "data_uri": str(self.data_uri),
@@ -112,22 +108,14 @@ class InfraValidationOperator(MLStepOperator):
             "load_timeout": self.load_timeout,
             "timeout": self.timeout,
             "tracking_uri": run.hook.settings.tracking_uri,
-            "output_dir": f"{self._output_dir}/out",
+            "output_dir": self.output_dir(),
         }
         return {key: value for key, value in spec.items() if value is not None}
-
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        try:
-            return super().execute_tracked(context, run)
-        finally:
-            if self._output_dir:
-                shutil.rmtree(self._output_dir, ignore_errors=True)
 
     def handle_result(
         self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
     ) -> Any:
         super().handle_result(context, run, spec, result)
-        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
         report = f"runs:/{run.run_id}/{ARTIFACT_DIR}/infra_validation.json" + (
             f" ({run.url})" if run.url else ""
         )
@@ -151,11 +139,5 @@ class InfraValidationOperator(MLStepOperator):
         error = ModelNotBlessed(
             blessing["model_uri"], blessing["failures"], what="infra validation", report=blessing["report"]
         )
-        if self.on_failure == "fail":
-            raise error
-        if self.on_failure == "skip":
-            from airflow.sdk.exceptions import AirflowSkipException
-
-            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
-        self.log.warning("%s -- going on (on_failure='warn').", error)
+        self.gate(self.on_failure, error, argument="on_failure")
         return blessing

@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import json
-import shutil
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow_ml_provider.ml.scratch import make_scratch_dir
 from airflow_ml_provider.ml.training.step import STRATEGIES
 from airflow_ml_provider.operators._cache import StepCacheMixin
-from airflow_ml_provider.operators._gang import WorkerGangOperator
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.operators.step import MLStepOperator
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_TRAINING_DIR,
+    ARTIFACT_TRAINING_RESULT,
+    ARTIFACT_TRAINING_SPEC,
+    STEP_TRAIN_MODEL,
+    TAG_LAUNCHER,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.tracking import TaskRun
 
-STEP = "train_model"
+STEP = STEP_TRAIN_MODEL
 
 
-class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
+class DistributedTrainingOperator(MLStepOperator):
     """
     Train a TensorFlow model with a ``run_fn(ctx)`` of yours, on one or many workers.
 
@@ -31,15 +36,17 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
     the returned model. The chief (worker 0) logs params, per-epoch metrics and the model, as an
     ``mlflow.pyfunc`` model over the SavedModel, to this task's MLflow run; XCom gets ``model_uri``.
 
-    Launchers:
+    Placements (see the "Placements" page):
 
-    - ``local``: ``workers`` processes on this Airflow worker, ``TF_CONFIG`` from free localhost
-      ports. Their output streams into the task log as ``[worker i] ...``; a worker that dies stops
-      the gang at once and fails the task with its last lines.
-    - ``kubernetes``: an Indexed Job of ``workers`` pods plus a headless Service, through the
+    - ``placement="interpreter"`` (default): ``workers`` processes on this Airflow worker,
+      ``TF_CONFIG`` from free localhost ports. Their output streams into the task log as
+      ``[worker i] ...``; a worker that dies stops the gang at once and fails the task with its
+      last lines.
+    - ``placement="pod"``: an Indexed Job of ``workers`` pods plus a headless Service, through the
       ``cncf.kubernetes`` provider's connection; each pod derives ``TF_CONFIG`` from its completion
       index. The wait is deferrable; a retry reattaches to the Job of its earlier try; a gang that
       does not fully start within ``start_timeout`` is deleted and the task fails.
+    - ``placement="worker"``: one worker, in the Airflow worker's own process.
 
     :param run_fn: ``"package.module:function"`` (templated); importable in the workers.
     :param train_uri: the training data, a dataset version directory or file (templated).
@@ -51,36 +58,18 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
     :param strategy: ``one_device``, ``mirrored`` or ``multi_worker_mirrored``; default
         ``one_device`` for one worker, ``multi_worker_mirrored`` for more.
     :param workers: the gang size (templated).
-    :param launcher: ``"local"`` or ``"kubernetes"``.
     :param warm_start_from: a model to start from, e.g. ``models:/churn@champion`` (templated).
         ``run_fn`` applies it with ``ctx.load_warm_start(model)``.
     :param model_dir: a local directory for the chief's SavedModel, kept after the task (templated).
     :param seed: random seed set in every worker.
-    :param python: the interpreter of the local workers, e.g. an environment with TensorFlow (templated).
-    :param training_timeout: seconds after which the gang is stopped: the local processes are
-        killed; on Kubernetes it is the Job's ``activeDeadlineSeconds``.
-    :param worker_env: extra environment variables of every worker (local processes and pods).
+    :param training_timeout: deprecated name of ``step_timeout``.
     :param cache: reuse the model of an earlier run with the same data, spec, workers and
         ``run_fn`` source file (see the "Step cache" page); off by default.
-    :param kubernetes_conn_id: the ``kubernetes`` connection (cncf provider).
-    :param image: the pods' image; it must hold TensorFlow, this provider and ``run_fn``'s module (templated).
-    :param namespace: where the Job and Service go (templated).
-    :param container_resources: the pods' container resources, e.g.
-        ``{"requests": {"cpu": "4"}, "limits": {"memory": "8Gi", "nvidia.com/gpu": 1}}``
-        (``resources`` is Airflow's own executor setting). None: requests 1 CPU and 2 GiB, limits
-        2 CPUs and 4 GiB; ``{}``: no requests or limits.
-    :param node_selector: node labels the pods need.
-    :param tolerations: pod tolerations.
-    :param service_account: the pods' service account.
-    :param pod_run_as_user: the pods' non-root uid (``run_as_user`` is Airflow's own impersonation).
-    :param pod_run_as_group: the pods' gid.
-    :param labels: extra labels on the Job, pods and Service.
-    :param image_pull_secrets: names of image pull secrets.
-    :param mlflow_secret: a Secret whose keys (``MLFLOW_TRACKING_TOKEN`` ...) become the pods' env.
-    :param port: the port of the workers' collective ops.
-    :param start_timeout: seconds for all pods to be running before the gang is failed and removed.
-    :param poll_interval: seconds between status checks of the Job.
-    :param deferrable: wait for the Job in the triggerer; defaults to ``[operators] default_deferrable``.
+
+    The placement arguments (``placement``, ``python``, ``step_env``, ``step_timeout``, ``image`` —
+    which must hold TensorFlow, this provider and ``run_fn``'s module —, ``namespace``, the other
+    pod settings, ``port``, ``start_timeout``, ``poll_interval``, ``deferrable``) are those of
+    every step operator: see :class:`~airflow_ml_provider.operators._placement.StepPlacement`.
     """
 
     template_fields: Sequence[str] = (
@@ -94,17 +83,17 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         "custom_config",
         "warm_start_from",
         "model_dir",
-        "python",
-        "image",
-        "namespace",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
-    gang_step = STEP
+    runs_as_gang = True
+    default_placement = "interpreter"
     gang_label = "Training gang"
+    spec_artifact = ARTIFACT_TRAINING_SPEC
     dataset_inputs = ("train_uri", "eval_uri")
     cache_inputs = ("train_uri", "eval_uri", "schema_uri", "warm_start_from")
     cache_volatile = (*StepCacheMixin.cache_volatile, "dataset_version", "model_dir")
-    cache_artifacts = ("training",)
+    cache_artifacts = (ARTIFACT_TRAINING_DIR,)
     template_fields_renderers = {"hyperparameters": "json", "custom_config": "json"}
     ui_color = "#f6e3c9"
 
@@ -123,11 +112,14 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         model_dir: str | None = None,
         seed: int | None = None,
         training_timeout: float | None = None,
-        cache: bool | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
-        self.cache = cache
+        if training_timeout is not None:
+            from airflow_ml_provider.operators._placement import _deprecated
+
+            _deprecated("training_timeout", "step_timeout")
+            kwargs.setdefault("step_timeout", training_timeout)
+        super().__init__(step=STEP, **kwargs)
         self.run_fn = run_fn
         self.train_uri = train_uri
         self.eval_uri = eval_uri
@@ -139,7 +131,10 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         self.warm_start_from = warm_start_from
         self.model_dir = model_dir
         self.seed = seed
-        self.training_timeout = training_timeout
+
+    @property
+    def training_timeout(self) -> float | None:
+        return self.step_timeout
 
     # -- arguments and spec ---------------------------------------------------------------
 
@@ -153,7 +148,7 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         from airflow_ml_provider.ml.registry import step_reference
 
         where = f"Task {self.task_id!r}"
-        self.check_gang_arguments()
+        self.check_placement()
         if self.strategy_name not in STRATEGIES:
             raise ValueError(f"{where}: strategy={self.strategy!r} is not one of {', '.join(STRATEGIES)}.")
         if self.workers > 1 and self.strategy_name != "multi_worker_mirrored":
@@ -195,31 +190,23 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         }
         return {k: v for k, v in spec.items() if v is not None}
 
-    def _log_start(self, run: TaskRun, spec: dict[str, Any]) -> None:
-        run.log_params({"launcher": self.launcher, "workers": self.workers, "strategy": self.strategy_name})
-        run.set_tags({"airflow_ml.step": STEP, "airflow_ml.launcher": self.launcher})
-        run.flush()
-        run.hook.client.log_text(run.run_id, json.dumps(spec, indent=2, sort_keys=True), "training/spec.json")
+    def start_params(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "launcher": self.launcher,
+            "placement": self.placement_name,
+            "workers": self.workers,
+            "strategy": self.strategy_name,
+        }
 
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        self._check_arguments()
-        spec = self.build_spec(context, run)
-        self._log_start(run, spec)
-        key = self.step_cache_key(STEP, spec)
-        hit = self.find_cached(run, key)
-        if key is not None and hit is not None:
-            return self._trained(context, run, self.replay_cached(context, run, key, hit))
-        if self.launcher == "local":
-            value = self._finish(run, self._run_local(run, spec))
-            self.record_cached(run, key, STEP, value)
-            return self._trained(context, run, value)
-        return self.run_pod_gang(context, run, spec)
+    def start_tags(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {**super().start_tags(spec), TAG_LAUNCHER: self.launcher}
 
-    def _trained(self, context: Context, run: TaskRun, value: dict[str, Any]) -> dict[str, Any]:
+    def apply_policy(self, context: Context, run: TaskRun, result: Any) -> Any:
+        """Training has no gate: record when the model was trained (a cached one too)."""
         from airflow_ml_provider import freshness
 
         freshness.record(context, run, "trained")
-        return value
+        return result
 
     # -- the step cache (off by default: training is costly but rarely bit-for-bit repeatable) --
 
@@ -227,7 +214,7 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         return [self.run_fn]
 
     def cache_extra(self) -> dict[str, Any]:
-        return {"launcher": self.launcher, "workers": self.workers, "image": getattr(self, "image", None)}
+        return {"launcher": self.launcher, "workers": self.workers, "image": self.image}
 
     def cache_hit_usable(self, run: TaskRun, hit: Any) -> bool:
         uri = str((hit.result or {}).get("model_uri") or "")
@@ -239,7 +226,9 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         except Exception:
             return False
 
-    def _finish(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> dict[str, Any]:
         """The XCom value: where the model is and how training went."""
         if "model_uri" not in result:
             raise RuntimeError(
@@ -264,32 +253,16 @@ class DistributedTrainingOperator(StepCacheMixin, WorkerGangOperator):
         )
         return summary
 
-    # -- launchers -----------------------------------------------------------------------------
+    # -- placements -----------------------------------------------------------------------------
 
-    def _run_local(self, run: TaskRun, spec: dict[str, Any]) -> dict[str, Any]:
+    def gang_environments(self) -> list[dict[str, str]]:
+        """TF_CONFIG of every local worker: free localhost ports."""
         from airflow_ml_provider.ml.training.cluster import local_cluster, worker_environments
 
-        envs = worker_environments(local_cluster(self.workers)) if self.workers > 1 else [{}]
-        results = self.run_local_gang(spec, envs, self.local_worker_env(run), self.training_timeout)
-        return results[0]
+        return worker_environments(local_cluster(self.workers)) if self.workers > 1 else [{}]
 
-    def gang_deadline(self) -> float | None:
-        return self.training_timeout
-
-    def gang_succeeded(self, context: Context, run: TaskRun) -> Any:
-        value = self._finish(run, self._result_from_run(run))
-        if self.cache_enabled():
-            self.record_cached(run, self.step_cache_key(STEP, self.build_spec(context, run)), STEP, value)
-        return self._trained(context, run, value)
-
-    def _result_from_run(self, run: TaskRun) -> dict[str, Any]:
+    def pod_result(self, run: TaskRun, spec: dict[str, Any]) -> dict[str, Any]:
         """The chief's result, which it logged to the task's run (a pod's files are gone)."""
-        from airflow_ml_provider.ml.training.step import RESULT_ARTIFACT
+        from airflow_ml_provider.operators._placement import download_json
 
-        workdir = make_scratch_dir("ml-train-result")
-        try:
-            path = run.hook.client.download_artifacts(run.run_id, RESULT_ARTIFACT, workdir)
-            with open(path, encoding="utf-8") as handle:
-                return dict(json.load(handle))
-        finally:
-            shutil.rmtree(workdir, ignore_errors=True)
+        return download_json(run, ARTIFACT_TRAINING_RESULT)

@@ -9,8 +9,22 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.ml.scratch import make_scratch_dir
-from airflow_ml_provider.operators._gang import WorkerGangOperator
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.operators.step import MLStepOperator
+from airflow_ml_provider.vocabulary import (
+    ARTIFACT_TUNING_DIR,
+    ARTIFACT_TUNING_SPEC,
+    STEP_TUNE,
+    TAG_BEST_TRIAL,
+    TAG_BEST_TRIAL_RUN_ID,
+    TAG_STUDY,
+    TAG_TUNING_ROLE,
+    TUNING_ROLE_STUDY,
+    TUNING_ROLE_SUMMARY,
+    TUNING_ROLE_WORKER,
+    XCOM_TUNING_SUMMARY,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -18,16 +32,16 @@ if TYPE_CHECKING:
     from airflow_ml_provider.hooks.tuning_storage import StudyStorageHook
     from airflow_ml_provider.tracking import TaskRun
 
-WORKER_STEP = "tune"
+WORKER_STEP = STEP_TUNE
 SUMMARY_STEP = "tuning_summary"
-ARTIFACT_DIR = "tuning"
-XCOM_SUMMARY = "tuning_summary"
+ARTIFACT_DIR = ARTIFACT_TUNING_DIR
+XCOM_SUMMARY = XCOM_TUNING_SUMMARY
 # Executors that run every task on this machine: an SQLite study file is shared by their tasks.
 LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
-class HyperparameterTuningOperator(WorkerGangOperator):
+class HyperparameterTuningOperator(MLStepOperator):
     """
     Tune hyperparameters with Optuna: trials in parallel, early stopping, every trial in MLflow.
 
@@ -40,9 +54,10 @@ class HyperparameterTuningOperator(WorkerGangOperator):
     production; by default an SQLite file under ``AIRFLOW_HOME``) and every worker pulls trials
     from it until ``n_trials`` trials started (exactly, across workers) or ``timeout`` passed:
 
-    - ``workers`` processes on this Airflow worker (``launcher="local"``);
+    - ``workers`` processes on this Airflow worker (``placement="interpreter"``, the default; or
+      one worker in the Airflow worker's own process, ``placement="worker"``);
     - K mapped tasks, which the executor spreads over its workers: see :func:`parallel_tuning`;
-    - ``workers`` pods of an Indexed Job (``launcher="kubernetes"``; the pods reach the database,
+    - ``workers`` pods of an Indexed Job (``placement="pod"``; the pods reach the database,
       its URL comes from ``storage_secret``).
 
     A retry continues the same study: finished trials are kept, and the trials the failed try was
@@ -80,7 +95,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         that stays the same to go on with a study across DAG runs.
     :param storage_conn_id: a ``postgres``, ``mysql`` or ``sqlite`` connection for the study.
     :param storage: a SQLAlchemy URL holding no secret, when there is no connection (templated).
-    :param storage_secret: for ``launcher="kubernetes"``: a Secret whose key
+    :param storage_secret: for ``placement="pod"``: a Secret whose key
         ``AIRFLOW_ML_TUNING_STORAGE`` holds the database URL the pods use.
     :param worker_slot: set by :func:`parallel_tuning` on mapped worker tasks: run trials only.
     :param summary_only: set by :func:`parallel_tuning` on its ``best`` task: summarize the study only.
@@ -88,8 +103,9 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         ``grace_period`` seconds (default 6 heartbeats, at least 60 s) is failed and run again.
     :param grace_period: see ``heartbeat_interval``.
 
-    The gang arguments (``workers``, ``launcher``, ``python``, ``worker_env``, ``image``, ``namespace``
-    and the other pod settings) are those of :class:`DistributedTrainingOperator`.
+    The placement arguments (``placement``, ``workers``, ``python``, ``step_env``, ``image``,
+    ``namespace`` and the other pod settings) are those of every step operator: see
+    :class:`~airflow_ml_provider.operators._placement.StepPlacement`.
     """
 
     template_fields: Sequence[str] = (
@@ -108,13 +124,16 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         "timeout",
         "study_name",
         "storage",
-        *WorkerGangOperator.template_fields,
+        "workers",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
     template_fields_renderers = {"search_space": "json", "hyperparameters": "json", "custom_config": "json"}
     ui_color = "#efe3f6"
-    gang_step = WORKER_STEP
+    runs_as_gang = True
+    default_placement = "interpreter"
     gang_label = "Tuning gang"
+    spec_artifact = ARTIFACT_TUNING_SPEC
     dataset_inputs = ("train_uri", "eval_uri")
 
     def __init__(
@@ -147,7 +166,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         grace_period: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(**kwargs)
+        super().__init__(step=WORKER_STEP, **kwargs)
         self.search_space = search_space
         self.metric = metric
         self.direction = direction
@@ -193,7 +212,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         from airflow_ml_provider.ml.tuning.objective import check_objective
 
         where = f"Task {self.task_id!r}"
-        self.check_gang_arguments()
+        self.check_placement()
         if bool(self.run_fn) == bool(self.objective_fn):
             raise ValueError(f"{where}: give run_fn (the training function) or objective_fn, exactly one.")
         if self.run_fn and not self.metric:
@@ -245,10 +264,10 @@ class HyperparameterTuningOperator(WorkerGangOperator):
 
         hook = self.storage_hook()
         where = f"Task {self.task_id!r}"
-        if self.launcher == "kubernetes" and hook.is_sqlite:
+        if self.placement_name == "pod" and hook.is_sqlite:
             raise ValueError(
                 f"{where}: pods cannot share the SQLite study {hook.display}; give storage_conn_id (PostgreSQL) "
-                "and storage_secret for launcher='kubernetes'."
+                f"and storage_secret for {self._placement_argument()}."
             )
         executors = str(conf.get("core", "executor", fallback="LocalExecutor"))
         remote = [
@@ -269,6 +288,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         from airflow_ml_provider.tracking import TaskIdentity
         from airflow_ml_provider.versions import triggering_version
 
+        self._check_storage()
         identity = TaskIdentity.from_context(context)
         spec: dict[str, Any] = {
             **self._settings_spec(),
@@ -285,7 +305,7 @@ class HyperparameterTuningOperator(WorkerGangOperator):
             "heartbeat_interval": self.heartbeat_interval,
             "grace_period": self.grace_period,
         }
-        if self.launcher == "local":
+        if self.placement_name != "pod":
             # Pods reattach across tries (same spec); local workers of an earlier try are gone.
             spec["owner"] = {"key": identity.ti_key, "try_number": identity.try_number}
             if self.workers > 1:
@@ -293,68 +313,74 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         settings = self._settings_spec()  # None means something there (no limit, no seed)
         return {k: v for k, v in spec.items() if v is not None or k in settings}
 
-    def _log_start(self, run: TaskRun, spec: dict[str, Any]) -> None:
-        run.log_params(
-            {
-                "objective": spec["objective"]["ref"],
-                "metric": self.metric_name,
-                "direction": spec.get("direction") or "",
-                "sampler": json.dumps(self.sampler, sort_keys=True),
-                "pruner": json.dumps(self.pruner, sort_keys=True),
-                "n_trials": self.n_trials,
-                "timeout": self.timeout,
-                "max_failed_trials": self.max_failed_trials,
-                "study_name": spec["study_name"],
-                "storage": self.storage_hook().display,
-                "launcher": self.launcher,
-                "workers": self.workers,
-            }
+    def start_params(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "objective": spec["objective"]["ref"],
+            "metric": self.metric_name,
+            "direction": spec.get("direction") or "",
+            "sampler": json.dumps(self.sampler, sort_keys=True),
+            "pruner": json.dumps(self.pruner, sort_keys=True),
+            "n_trials": self.n_trials,
+            "timeout": self.timeout,
+            "max_failed_trials": self.max_failed_trials,
+            "study_name": spec["study_name"],
+            "storage": self.storage_hook().display,
+            "launcher": self.launcher,
+            "placement": self.placement_name,
+            "workers": self.workers,
+        }
+
+    def start_tags(self, spec: dict[str, Any]) -> dict[str, Any]:
+        role = (
+            TUNING_ROLE_SUMMARY
+            if self.summary_only
+            else TUNING_ROLE_WORKER
+            if self.worker_slot is not None
+            else TUNING_ROLE_STUDY
         )
-        role = "summary" if self.summary_only else "worker" if self.worker_slot is not None else "study"
-        run.set_tags(
-            {
-                "airflow_ml.step": WORKER_STEP,
-                "airflow_ml.tuning_role": role,
-                "airflow_ml.study": spec["study_name"],
-            }
-        )
-        run.flush()
-        run.hook.client.log_text(
-            run.run_id, json.dumps(spec, indent=2, sort_keys=True), f"{ARTIFACT_DIR}/spec.json"
-        )
+        return {
+            **super().start_tags(spec),
+            TAG_TUNING_ROLE: role,
+            TAG_STUDY: spec["study_name"],
+        }
+
+    def log_start(self, run: TaskRun, spec: dict[str, Any]) -> None:
+        super().log_start(run, spec)
+        self.log.info("Study %s in %s", spec["study_name"], self.storage_hook().display)
 
     # -- execution ------------------------------------------------------------------------------
 
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        self._check_arguments()
-        self._check_storage()
-        spec = self.build_spec(context, run)
-        self._log_start(run, spec)
-        self.log.info("Study %s in %s", spec["study_name"], self.storage_hook().display)
-        if self.summary_only:
-            return self._summarize(context, run, spec)
-        if self.launcher == "kubernetes":
-            return self.run_pod_gang(context, run, spec)
-        results = self._run_local(run, spec)
-        if self.worker_slot is not None:
-            return self._worker_result(results)
-        return self._summarize(context, run, spec)
+    def run_step(self, context: Context, run: TaskRun, spec: dict[str, Any], cache_key: str | None) -> Any:
+        if self.summary_only:  # the study's workers ran in other tasks
+            return {}
+        return super().run_step(context, run, spec, cache_key)
 
-    def _local_env(self, run: TaskRun, spec: dict[str, Any]) -> dict[str, str]:
+    def step_extras(self, run: TaskRun) -> dict[str, str]:
         from airflow_ml_provider.ml.tuning.storage import STORAGE_ENV
 
-        env = {**self.local_worker_env(run), STORAGE_ENV: self.storage_hook().url}
-        if spec.get("threads"):
+        env = {STORAGE_ENV: self.storage_hook().url}
+        if self.workers > 1 and self.placement_name == "interpreter":
+            threads = str(max(1, (os.cpu_count() or 1) // self.workers))
             for name in THREAD_ENV:  # numpy & co. in parallel trials: a share of the cores each
-                env.setdefault(name, str(spec["threads"]))
+                env[name] = threads
         return env
 
-    def _run_local(self, run: TaskRun, spec: dict[str, Any]) -> list[dict[str, Any]]:
+    def gang_environments(self) -> list[dict[str, str]]:
         from airflow_ml_provider.ml.tuning.worker import WORKER_ENV
 
         first = (self.worker_slot or 0) * self.workers
-        envs = [{WORKER_ENV: str(first + i)} for i in range(self.workers)]
-        return self.run_local_gang(spec, envs, self._local_env(run, spec), None)
+        return [{WORKER_ENV: str(first + i)} for i in range(self.workers)]
+
+    def gang_result(self, results: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"worker_results": results}
+
+    def handle_result(
+        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
+    ) -> Any:
+        """A mapped worker task's trials; else the study's summary (and the best hyperparameters)."""
+        if self.worker_slot is not None and self.placement_name != "pod":
+            return self._worker_result(result.get("worker_results") or [result])
+        return self._summarize(context, run, spec)
 
     def _worker_result(self, results: list[dict[str, Any]]) -> dict[str, Any]:
         trials = [t for result in results for t in result.get("trials", [])]
@@ -385,9 +411,8 @@ class HyperparameterTuningOperator(WorkerGangOperator):
             )
         return {STORAGE_ENV: hook.url}, []
 
-    def gang_succeeded(self, context: Context, run: TaskRun) -> Any:
-        spec = self.build_spec(context, run)
-        return self._summarize(context, run, spec)
+    def pod_result(self, run: TaskRun, spec: dict[str, Any]) -> dict[str, Any]:
+        return {}  # the study holds what the pods did
 
     # -- summary --------------------------------------------------------------------------------
 
@@ -398,8 +423,8 @@ class HyperparameterTuningOperator(WorkerGangOperator):
 
         workdir = make_scratch_dir("ml-tuning")
         try:
-            env = {**self.local_worker_env(run), STORAGE_ENV: self.storage_hook().url}
-            runner = PythonRunner(python=self.python, env=env)
+            env = {**self.local_environment(run), STORAGE_ENV: self.storage_hook().url}
+            runner = PythonRunner(python=self.resolved_python(), env=env)
             summary = runner.run(SUMMARY_STEP, {**spec, "output_dir": f"{workdir}/out"}, logger=self.log)
             run.log_artifacts(f"{workdir}/out", ARTIFACT_DIR)
         finally:
@@ -458,8 +483,8 @@ class HyperparameterTuningOperator(WorkerGangOperator):
         if best is not None:
             metrics[f"best_{summary['metric']}"] = best["value"]
             tags = {
-                "airflow_ml.best_trial": best["number"],
-                "airflow_ml.best_trial_run_id": best["mlflow_run_id"] or "",
+                TAG_BEST_TRIAL: best["number"],
+                TAG_BEST_TRIAL_RUN_ID: best["mlflow_run_id"] or "",
             }
         run.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
         run.set_tags(tags)
@@ -518,7 +543,7 @@ def parallel_tuning(
         workers = HyperparameterTuningOperator.partial(task_id="workers", **kwargs).expand(
             worker_slot=list(range(worker_tasks))
         )
-        summary_kwargs = {k: v for k, v in kwargs.items() if k not in ("launcher", "workers")}
+        summary_kwargs = {k: v for k, v in kwargs.items() if k not in ("launcher", "placement", "workers")}
         best = HyperparameterTuningOperator(task_id="best", summary_only=True, **summary_kwargs)
         workers >> best
     return best

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import shutil
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import ValidationReportLink
-from airflow_ml_provider.ml.scratch import make_scratch_dir
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
-from airflow_ml_provider.operators.step import MLStepOperator
+from airflow_ml_provider.operators.step import ON_PROBLEM, MLStepOperator
+from airflow_ml_provider.vocabulary import ARTIFACT_VALIDATION_DIR, STEP_VALIDATE_DATA
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
     from airflow_ml_provider.tracking import TaskRun
 
-ON_ANOMALY = ("fail", "skip", "warn")
-ARTIFACT_DIR = "validation"
-STEP_FIELDS = ("runner", "python", "step_timeout", "step_env")
+ON_ANOMALY = ON_PROBLEM
+ARTIFACT_DIR = ARTIFACT_VALIDATION_DIR
 
 
 class DataValidationOperator(MLStepOperator):
@@ -59,6 +59,7 @@ class DataValidationOperator(MLStepOperator):
     cache_inputs = ("data_uri", "schema_uri", "previous_statistics_uri", "serving_statistics_uri")
     cache_content_inputs = ("previous_statistics_uri", "serving_statistics_uri")  # fetched copies
     cache_artifacts = (ARTIFACT_DIR,)
+    artifact_dir = ARTIFACT_DIR
 
     template_fields: Sequence[str] = (
         "data_uri",
@@ -68,7 +69,7 @@ class DataValidationOperator(MLStepOperator):
         "data_format",
         "drift",
         "skew",
-        "python",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
     template_fields_renderers = {"drift": "json", "skew": "json"}
@@ -91,7 +92,7 @@ class DataValidationOperator(MLStepOperator):
         chunk_rows: int | None = None,
         **kwargs: Any,
     ) -> None:
-        super().__init__(step="validate_data", **kwargs)
+        super().__init__(step=STEP_VALIDATE_DATA, **kwargs)
         self.data_uri = data_uri
         self.schema_uri = schema_uri
         self.previous_statistics_uri = previous_statistics_uri
@@ -103,26 +104,21 @@ class DataValidationOperator(MLStepOperator):
         self.engine = engine
         self.beam_pipeline_args = beam_pipeline_args
         self.chunk_rows = chunk_rows
-        self._output_dir: str | None = None
 
     def _check_arguments(self) -> None:
         super()._check_arguments()
-        if self.on_anomaly not in ON_ANOMALY:
-            raise ValueError(
-                f"Task {self.task_id!r}: on_anomaly={self.on_anomaly!r} is not one of {', '.join(ON_ANOMALY)}."
-            )
+        self.check_policy("on_anomaly")
         if not self.data_uri:
             raise ValueError(f"Task {self.task_id!r}: data_uri is empty (after rendering the template).")
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
-        self._output_dir = make_scratch_dir("ml-validation")
         spec: dict[str, Any] = {
             "data_uri": str(self.data_uri),
             "format": self.data_format,
             "schema_uri": self.schema_uri,
-            "previous_statistics_uri": fetch_statistics(run, self.previous_statistics_uri, self._output_dir),
-            "serving_statistics_uri": fetch_statistics(run, self.serving_statistics_uri, self._output_dir),
-            "output_dir": f"{self._output_dir}/out",
+            "previous_statistics_uri": self._statistics(run, self.previous_statistics_uri),
+            "serving_statistics_uri": self._statistics(run, self.serving_statistics_uri),
+            "output_dir": self.output_dir(),
             "drift": self.drift,
             "skew": self.skew,
             "engine": self.engine,
@@ -131,18 +127,16 @@ class DataValidationOperator(MLStepOperator):
         }
         return {key: value for key, value in spec.items() if value is not None}
 
-    def execute_tracked(self, context: Context, run: TaskRun) -> Any:
-        try:
-            return super().execute_tracked(context, run)
-        finally:
-            if self._output_dir:
-                shutil.rmtree(self._output_dir, ignore_errors=True)
+    def _statistics(self, run: TaskRun, uri: str | None) -> str | None:
+        """Statistics in MLflow (``runs:/``) fetched to this worker; a pod fetches them itself."""
+        if self.placement_name == "pod":
+            return uri
+        return fetch_statistics(run, uri, self.scratch_path(""))
 
     def handle_result(
         self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
     ) -> Any:
         super().handle_result(context, run, spec, result)
-        run.log_artifacts(spec["output_dir"], ARTIFACT_DIR)
         summary = summarize(result, run)
         anomalies = summary["anomalies"]
         if result.get("schema_created"):
@@ -159,8 +153,6 @@ class DataValidationOperator(MLStepOperator):
         return result
 
     def _report_anomalies(self, context: Context, run: TaskRun, summary: dict[str, Any]) -> None:
-        from airflow.sdk.exceptions import AirflowSkipException
-
         from airflow_ml_provider.exceptions import DataValidationFailed
 
         error = DataValidationFailed(str(self.data_uri), summary["anomalies"], summary["report"])
@@ -168,11 +160,7 @@ class DataValidationOperator(MLStepOperator):
             from airflow_ml_provider import freshness
 
             freshness.record(context, run, "decided", decision="not promoted: anomalies in the data")
-        if self.on_anomaly == "fail":
-            raise error
-        if self.on_anomaly == "skip":
-            raise AirflowSkipException(f"{error} -- skipping the downstream tasks.")
-        self.log.warning("%s -- going on (on_anomaly='warn').", error)
+        self.gate(self.on_anomaly, error, argument="on_anomaly")
 
 
 class SchemaInferenceOperator(MLStepOperator):
@@ -191,7 +179,7 @@ class SchemaInferenceOperator(MLStepOperator):
         "data_uri",
         "schema_uri",
         "data_format",
-        "python",
+        *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
 
@@ -220,7 +208,8 @@ class SchemaInferenceOperator(MLStepOperator):
         self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
     ) -> Any:
         super().handle_result(context, run, spec, result)
-        run.log_artifact(result["schema_uri"], ARTIFACT_DIR)
+        if os.path.isfile(result["schema_uri"]):  # a pod's schema on object storage stays where it is
+            run.log_artifact(result["schema_uri"], ARTIFACT_DIR)
         return result
 
 

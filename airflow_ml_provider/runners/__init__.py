@@ -1,6 +1,8 @@
-"""Runners: where a step runs (this interpreter or another one); the spec and result are the same.
+"""Runners: where a step runs on this machine (this interpreter, another one, a gang of processes).
 
-Nothing in this package imports Airflow: operators create a runner and pass in their logger.
+The spec and the result are the same everywhere. Nothing in this package imports Airflow:
+operators create a runner and pass in their logger. The pods' manifests are in
+:mod:`~airflow_ml_provider.runners.kubernetes_objects`; the Kubernetes calls are in the hooks.
 """
 
 from __future__ import annotations
@@ -8,10 +10,11 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from airflow_ml_provider.runners._logger import StepLogger
+from airflow_ml_provider.runners.gang import GangRunner
 from airflow_ml_provider.runners.in_process import InProcessRunner
 from airflow_ml_provider.runners.python import PythonRunner
 
-__all__ = ["RUNNER_KINDS", "InProcessRunner", "PythonRunner", "StepRunner", "get_runner"]
+__all__ = ["RUNNER_KINDS", "GangRunner", "InProcessRunner", "PythonRunner", "StepRunner", "get_runner"]
 
 
 @runtime_checkable

@@ -73,7 +73,15 @@ class GangRunner:
         for runner in self.runners:
             runner.kill()
 
-    def run(
+    def run(self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None) -> dict[str, Any]:
+        """
+        Run the gang; return the chief's (worker 0's) result, as every :class:`StepRunner` does.
+
+        :raises StepFailed: the first worker that failed (the others were killed), naming it.
+        """
+        return self.run_all(step, spec, logger=logger)[0]
+
+    def run_all(
         self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None
     ) -> list[dict[str, Any]]:
         """

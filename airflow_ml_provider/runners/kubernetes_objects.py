@@ -1,5 +1,5 @@
 """
-The Kubernetes objects of a training gang: an Indexed Job and the headless Service its pods share.
+The Kubernetes objects of a step in pods: an Indexed Job, and for a gang the headless Service its pods share.
 
 Plain manifests (dicts), so building them imports no Kubernetes client. Every pod runs the step
 entrypoint (``python -m airflow_ml_provider.ml <step>``) on a spec delivered as a pod annotation
@@ -84,6 +84,8 @@ class GangPodSettings:
     :param ttl_seconds_after_finished: Kubernetes deletes the finished Job (and its pods, with their
         logs) this long after it ended; None keeps it until deleted. Default one day.
     :param python: the interpreter in the image.
+    :param gang: the pods form a gang (training, tuning): they get the collective port and a
+        headless Service's DNS names; a single step's pod gets neither.
     """
 
     image: str
@@ -103,6 +105,7 @@ class GangPodSettings:
     active_deadline_seconds: int | None = None
     ttl_seconds_after_finished: int | None = 86400
     python: str = "python"
+    gang: bool = True
 
     def check(self) -> None:
         """ValueError naming the first bad setting."""
@@ -161,7 +164,7 @@ def headless_service(name: str, settings: GangPodSettings) -> dict[str, Any]:
     }
 
 
-def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any]:
+def _container(name: str, step: str, settings: GangPodSettings, extra_args: list[str]) -> dict[str, Any]:
     env = {
         **settings.env,
         ENV_JOB_NAME: name,
@@ -183,9 +186,9 @@ def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any
             f"{SPEC_DIR}/{SPEC_FILE}",
             "--result",
             "/tmp/result.json",
+            *extra_args,
         ],  # fmt: skip
         "env": [{"name": k, "value": str(v)} for k, v in sorted(env.items())],
-        "ports": [{"name": "collective", "containerPort": settings.port}],
         "volumeMounts": [{"name": "spec", "mountPath": SPEC_DIR, "readOnly": True}],
         "securityContext": {
             "runAsNonRoot": True,
@@ -196,6 +199,8 @@ def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any
             "seccompProfile": {"type": "RuntimeDefault"},
         },
     }
+    if settings.gang:
+        container["ports"] = [{"name": "collective", "containerPort": settings.port}]
     if settings.env_from_secrets:
         # "env" wins over "envFrom": a Secret cannot override the gang's own variables.
         container["envFrom"] = [{"secretRef": {"name": s}} for s in settings.env_from_secrets]
@@ -206,14 +211,21 @@ def _container(name: str, step: str, settings: GangPodSettings) -> dict[str, Any
     return container
 
 
-def indexed_job(name: str, step: str, spec: dict[str, Any], settings: GangPodSettings) -> dict[str, Any]:
+def indexed_job(
+    name: str,
+    step: str,
+    spec: dict[str, Any],
+    settings: GangPodSettings,
+    extra_args: list[str] | tuple[str, ...] = (),
+) -> dict[str, Any]:
     """
-    The Indexed Job of the gang: ``workers`` pods, all at once, none retried on its own.
+    The Indexed Job of the step: ``workers`` pods, all at once, none retried on its own.
 
-    :param name: the gang's name (see :func:`gang_name`); the Service has the same name.
+    :param name: the Job's name (see :func:`gang_name`); a gang's Service has the same name.
     :param step: the step each pod runs.
     :param spec: the step's spec (JSON-able), delivered as an annotation.
     :param settings: what the pods look like.
+    :param extra_args: more arguments of the step entrypoint (e.g. ``--mlflow-run``).
     """
     settings.check()
     spec_text = json.dumps(spec, sort_keys=True)
@@ -225,8 +237,7 @@ def indexed_job(name: str, step: str, spec: dict[str, Any], settings: GangPodSet
     labels = _labels(name, settings)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
-        "subdomain": name,
-        "containers": [_container(name, step, settings)],
+        "containers": [_container(name, step, settings, list(extra_args))],
         "volumes": [
             {
                 "name": "spec",
@@ -242,6 +253,8 @@ def indexed_job(name: str, step: str, spec: dict[str, Any], settings: GangPodSet
         ],
         "securityContext": {"runAsNonRoot": True, "fsGroup": settings.run_as_group},
     }
+    if settings.gang:
+        pod_spec["subdomain"] = name
     if settings.service_account:
         pod_spec["serviceAccountName"] = settings.service_account
     if settings.node_selector:

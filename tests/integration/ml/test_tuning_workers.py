@@ -46,7 +46,7 @@ def test_four_workers_start_exactly_the_budget(storage, tmp_path):
 
     markers = tmp_path / "markers"
     markers.mkdir()
-    results = _gang(storage, 4).run("tune", _spec(markers, n_trials=20, pruner="none"))
+    results = _gang(storage, 4).run_all("tune", _spec(markers, n_trials=20, pruner="none"))
     study = optuna.load_study(study_name="workers", storage=storage)
     assert len(study.trials) == 20 and {t.state.name for t in study.trials} == {"COMPLETE"}
     assert sorted(t["number"] for r in results for t in r["trials"]) == list(range(20))
@@ -81,7 +81,7 @@ def test_a_dead_workers_trial_is_found_by_its_heartbeat_and_run_again(
     assert [t.state.name for t in study.trials] == ["RUNNING"]
     # A worker of another task (no owner in common) fails it once its heartbeat is 2 s old.
     second = GangRunner([{WORKER_ENV: "1", **env_mlflow}], env={STORAGE_ENV: storage, "PYTHONPATH": DAGS})
-    [result] = second.run("tune", spec)
+    [result] = second.run_all("tune", spec)
     assert result["recovered"] == [0]
     trials = optuna.load_study(study_name="workers", storage=storage).trials
     assert trials[0].state.name == "FAIL"
@@ -104,7 +104,7 @@ def test_a_trial_whose_worker_died_before_claiming_it_is_run_again(storage, tmp_
     markers.mkdir()
     study = optuna.create_study(study_name="workers", storage=storage)
     orphan = study.ask({"x": optuna.distributions.FloatDistribution(-4.0, 6.0)})
-    [result] = _gang(storage, 1).run("tune", _spec(markers, n_trials=4, pruner="none"))
+    [result] = _gang(storage, 1).run_all("tune", _spec(markers, n_trials=4, pruner="none"))
     assert result["recovered"] == [orphan.number]
     trials = optuna.load_study(study_name="workers", storage=storage).trials
     assert trials[orphan.number].state.name == "FAIL"
@@ -120,7 +120,7 @@ def test_a_grid_runs_each_point_once_across_workers(storage, tmp_path):
     markers.mkdir()
     grid = {"x": {"type": "float", "low": 0.0, "high": 2.0, "step": 1.0}, "kind": ["a", "b"]}
     spec = {**_spec(markers, search_space=grid, sampler="grid", pruner="none"), "seed": None}
-    results = _gang(storage, 2).run("tune", spec)
+    results = _gang(storage, 2).run_all("tune", spec)
     study = optuna.load_study(study_name="workers", storage=storage)
     points = sorted((t.params["x"], t.params["kind"]) for t in study.trials)
     assert points == [(x, k) for x in (0.0, 1.0, 2.0) for k in ("a", "b")]

@@ -267,6 +267,6 @@ def test_on_kill_deletes_the_job_and_the_service(kube):
     operator = DistributedTrainingOperator(
         task_id="train", run_fn="m:f", train_uri="/d", launcher="kubernetes", image="img:1"
     )
-    operator._pod_gang = ("train-killed", NS)
+    operator._pod_job = ("train-killed", NS)
     operator.on_kill()
     assert (NS, "train-killed") not in kube.jobs and (NS, "train-killed") not in kube.services

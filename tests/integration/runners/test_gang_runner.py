@@ -74,7 +74,7 @@ def test_every_worker_gets_its_own_tf_config_and_prefixed_log(tmp_path, gang_env
     logger, lines = collected
     cluster = local_cluster(3)
     gang = GangRunner(worker_environments(cluster), env=gang_env)
-    results = gang.run("gang_user_steps:work", {"pids": str(tmp_path)}, logger=logger)
+    results = gang.run_all("gang_user_steps:work", {"pids": str(tmp_path)}, logger=logger)
     assert results == [{"index": 0}, {"index": 1}, {"index": 2}]
     for i in range(3):
         assert any(line.startswith(f"[worker {i}]") and f"worker {i} up" in line for line in lines.lines)
