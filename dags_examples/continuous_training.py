@@ -101,7 +101,7 @@ churn_champion = Asset("churn_champion")
 
 
 # Where the training gang runs: 2 local worker processes (the Airflow worker needs TensorFlow).
-LOCAL_WORKERS: dict[str, Any] = {"launcher": "local"}
+LOCAL_WORKERS: dict[str, Any] = {"placement": "interpreter"}
 
 
 def training_pipeline(version_uri: Any, train_on: dict[str, Any] = LOCAL_WORKERS) -> tuple[Any, Any]:
@@ -142,7 +142,7 @@ def training_pipeline(version_uri: Any, train_on: dict[str, Any] = LOCAL_WORKERS
         strategy="multi_worker_mirrored",
         workers="{{ params.workers }}",
         seed=7,
-        **train_on,  # the launcher and its settings
+        **train_on,  # the placement and its settings
     )
     evaluate = ModelEvaluationOperator(
         task_id="evaluate",
@@ -212,7 +212,8 @@ with DAG(
 # [START howto_continuous_training_kubernetes]
 # The same loop with the training gang as pods: an Indexed Job of ``workers`` pods from the step
 # image (docker/Dockerfile.steps), waited for in the triggerer. The pods read the data, so it lives
-# in object storage; validation and evaluation still run on the Airflow worker.
+# in object storage. Only training is placed here; validation and evaluation run on the Airflow
+# worker (passing them placement="pod" too keeps TensorFlow off the workers: see docs/placements.md).
 LAKE = os.environ.get("AIRFLOW_ML_EXAMPLE_LAKE", "s3://ml-lake/churn_training_data")
 churn_lake = Asset(
     "churn_training_data_lake",
@@ -227,7 +228,7 @@ churn_lake = Asset(
     ],
 )
 ON_KUBERNETES: dict[str, Any] = {
-    "launcher": "kubernetes",
+    "placement": "pod",
     "kubernetes_conn_id": "kubernetes_default",
     "image": "registry.example.com/ml/airflow-ml-steps:0.1.0",
     "namespace": "ml-training",

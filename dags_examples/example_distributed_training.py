@@ -43,7 +43,7 @@ with DAG(
         train_uri="{{ ti.xcom_pull('generate_data')['versions'][0]['uri'] }}",
         hyperparameters={"epochs": "{{ params.epochs }}", "batch_size": 256, "learning_rate": 0.01},
         workers="{{ params.workers }}",
-        launcher="local",
+        placement="interpreter",  # worker processes on this Airflow worker
         seed=7,
     )
     # [END howto_operator_distributed_training_local]

@@ -36,7 +36,7 @@ with DAG(
         warm_start_from="models:/churn@champion",  # start from the model in production
         # [END howto_operator_distributed_training_warm_start]
         workers=4,
-        launcher="kubernetes",
+        placement="pod",
         kubernetes_conn_id="kubernetes_default",
         image="registry.example.com/ml/airflow-ml-steps:0.1.0",
         namespace="ml-training",
