@@ -24,7 +24,9 @@ from airflow_ml_provider.vocabulary import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS_CHAMPION,
     TAG_ALIAS_EPOCH_PREFIX,
+    TAG_CANDIDATE_MODEL_URI,
     TAG_REGISTRATION_KEY,
+    TAG_REPLACED_VERSION,
     TAG_ROLLED_BACK_AT,
 )
 
@@ -60,6 +62,52 @@ class ModelRegistryMixin:
         def read_claim(self, key: str) -> str | None: ...
 
         def get_alias_version(self, model_name: str, alias: str) -> ModelVersion | None: ...
+
+    # -- what an evaluation compares with ------------------------------------------------------
+
+    def alias_baseline(self, model_name: str, alias: str) -> dict[str, Any] | None:
+        """
+        The version holding ``alias`` as an evaluation's baseline (name, alias, version, URI,
+        source, run id), or None when the alias is not set (the first model).
+        """
+        version = self.get_alias_version(model_name, alias)
+        if version is None:
+            return None
+        return {
+            "model_name": model_name,
+            "alias": alias,
+            "version": str(version.version),
+            "model_uri": f"models:/{model_name}/{version.version}",
+            "source": version.source,
+            "run_id": version.run_id,
+        }
+
+    def version_replaced_by(self, model_name: str, version: str, candidate_model_uri: str) -> str | None:
+        """
+        When ``version`` was registered from ``candidate_model_uri`` (a re-run on the same data that
+        made the same model): the version it replaced under its alias (``"none"`` for the first);
+        else None.
+        """
+        try:
+            found = self.client.get_model_version(model_name, version)
+        except Exception:
+            return None
+        tags = found.tags or {}
+        # MLflow may store a logged model's artifact location as the source; the tag keeps the URI.
+        if candidate_model_uri not in (found.source, tags.get(TAG_CANDIDATE_MODEL_URI)):
+            return None
+        return tags.get(TAG_REPLACED_VERSION)
+
+    def training_run_id(self, model_uri: str) -> str | None:
+        """The run that logged a model (an MLflow 3 logged model knows it), for lineage; None if unknown."""
+        try:
+            if model_uri.startswith("models:/m-"):
+                return str(self.client.get_logged_model(model_uri[len("models:/") :]).source_run_id)
+            if model_uri.startswith("runs:/"):
+                return model_uri[len("runs:/") :].split("/", 1)[0]
+        except Exception:
+            log.warning("Could not find the run that logged %s", model_uri, exc_info=True)
+        return None
 
     # -- registration ---------------------------------------------------------------------------
 

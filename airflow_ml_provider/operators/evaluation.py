@@ -14,8 +14,6 @@ from airflow_ml_provider.vocabulary import (
     ARTIFACT_EVALUATION_DIR,
     ARTIFACT_EVALUATION_RECORD,
     STEP_EVALUATE_MODEL,
-    TAG_CANDIDATE_MODEL_URI,
-    TAG_REPLACED_VERSION,
 )
 
 if TYPE_CHECKING:
@@ -157,8 +155,8 @@ class ModelEvaluationOperator(MLStepOperator):
         if not self.registered_model_name:
             self.log.info("No registered_model_name and no baseline_model_uri: value thresholds only.")
             return None
-        version = run.hook.get_alias_version(self.registered_model_name, self.baseline_alias)
-        if version is None:
+        baseline = run.hook.alias_baseline(self.registered_model_name, self.baseline_alias)
+        if baseline is None:
             self.log.info(
                 "%s has no alias %r yet (first model): value thresholds only, change thresholds dropped.",
                 self.registered_model_name,
@@ -166,16 +164,12 @@ class ModelEvaluationOperator(MLStepOperator):
             )
             return None
         self.log.info(
-            "Baseline: %s@%s = version %s", self.registered_model_name, self.baseline_alias, version.version
+            "Baseline: %s@%s = version %s",
+            self.registered_model_name,
+            self.baseline_alias,
+            baseline["version"],
         )
-        return {
-            "model_name": self.registered_model_name,
-            "alias": self.baseline_alias,
-            "version": str(version.version),
-            "model_uri": f"models:/{self.registered_model_name}/{version.version}",
-            "source": version.source,
-            "run_id": version.run_id,
-        }
+        return baseline
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
         from airflow_ml_provider.versions import triggering_version
@@ -275,15 +269,9 @@ class ModelEvaluationOperator(MLStepOperator):
         baseline = self._baseline or {}
         if not baseline.get("version") or not self.cache_enabled():
             return None
-        try:
-            version = run.hook.client.get_model_version(baseline["model_name"], baseline["version"])
-        except Exception:
-            return None
-        tags = version.tags or {}
-        # MLflow may store a logged model's artifact location as the source; the tag keeps the URI.
-        if str(self.candidate_model_uri) not in (version.source, tags.get(TAG_CANDIDATE_MODEL_URI)):
-            return None
-        return tags.get(TAG_REPLACED_VERSION)
+        return run.hook.version_replaced_by(
+            baseline["model_name"], baseline["version"], str(self.candidate_model_uri)
+        )
 
     def cache_extra(self) -> dict[str, Any]:
         return {"registered_model_name": self.registered_model_name, "dataset_version": self.dataset_version}
@@ -324,18 +312,7 @@ class ModelEvaluationOperator(MLStepOperator):
             "engine": result["engine"],
             "dataset_version": self.dataset_version,
             "data_uri": str(self.data_uri),
-            "training_run_id": self._training_run_id(run, result["candidate_model_uri"]),
+            "training_run_id": run.hook.training_run_id(result["candidate_model_uri"]),
             "mlflow_run_id": run.run_id,
             "report": f"{base}/report.html" + (f" ({run.url})" if run.url else ""),
         }
-
-    def _training_run_id(self, run: TaskRun, model_uri: str) -> str | None:
-        """The run that logged the candidate (an MLflow 3 logged model knows it), for lineage."""
-        try:
-            if model_uri.startswith("models:/m-"):
-                return str(run.hook.client.get_logged_model(model_uri[len("models:/") :]).source_run_id)
-            if model_uri.startswith("runs:/"):
-                return model_uri[len("runs:/") :].split("/", 1)[0]
-        except Exception:
-            self.log.warning("Could not find the run that logged %s", model_uri, exc_info=True)
-        return None
