@@ -6,6 +6,8 @@ import logging
 import time
 from typing import Any
 
+from airflow_ml_provider.ml.specs.basic import DescribeDatasetSpec, EchoSpec
+
 log = logging.getLogger(__name__)
 
 
@@ -13,19 +15,18 @@ def echo(spec: dict[str, Any]) -> dict[str, Any]:
     """
     Return the spec's ``payload`` unchanged; optionally log lines, sleep or fail first.
 
-    Spec keys (all optional): ``payload`` (any JSON value), ``log_lines`` (list of str logged at
-    INFO), ``sleep_seconds`` (float), ``fail_with`` (str: raise RuntimeError with this message),
-    ``metrics`` (dict of name -> float, returned under ``mlflow.metrics``).
+    :param spec: an :class:`~airflow_ml_provider.ml.specs.EchoSpec` as a JSON dict.
     """
-    for line in spec.get("log_lines", []):
+    settings = EchoSpec.parse(spec)
+    for line in settings.log_lines:
         log.info("%s", line)
-    if spec.get("sleep_seconds"):
-        time.sleep(float(spec["sleep_seconds"]))
-    if spec.get("fail_with"):
-        raise RuntimeError(str(spec["fail_with"]))
-    result: dict[str, Any] = {"payload": spec.get("payload")}
-    if spec.get("metrics"):
-        result["mlflow"] = {"metrics": {str(k): float(v) for k, v in spec["metrics"].items()}}
+    if settings.sleep_seconds:
+        time.sleep(settings.sleep_seconds)
+    if settings.fail_with:
+        raise RuntimeError(settings.fail_with)
+    result: dict[str, Any] = {"payload": settings.payload}
+    if settings.metrics:
+        result["mlflow"] = {"metrics": dict(settings.metrics)}
     return result
 
 
@@ -33,16 +34,14 @@ def describe_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     """
     Summarise one dataset version: rows, columns, label balance and null fractions.
 
-    Spec keys: ``uri`` (a version directory written by ``generate_dataset``, required) and
-    ``label`` (default ``"label"``). The summary also comes back under ``mlflow.metrics`` so that
-    the task's MLflow run records it.
+    The summary also comes back under ``mlflow.metrics`` so that the task's MLflow run records it.
+
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.DescribeDatasetSpec` as a JSON dict.
     """
+    settings = DescribeDatasetSpec.parse(spec)
     from airflow_ml_provider.ml.datagen import read_version
 
-    uri = spec.get("uri")
-    if not uri:
-        raise ValueError("describe_dataset: spec key 'uri' is required: the dataset version to read.")
-    label = str(spec.get("label", "label"))
+    uri, label = settings.uri, settings.label
     frame = read_version(uri)
     metrics: dict[str, float] = {"rows": float(len(frame)), "columns": float(len(frame.columns))}
     if label in frame.columns and len(frame):

@@ -18,30 +18,15 @@ import uuid
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlparse
 
 import numpy as np
 
+from airflow_ml_provider.ml.specs.datagen import FEATURES, LABEL, GenerateDatasetSpec, local_path
+
 log = logging.getLogger(__name__)
 
-LABEL = "label"
-FEATURES: dict[str, str] = {
-    "age": "numeric",
-    "income": "numeric",
-    "tenure_months": "numeric",
-    "balance": "numeric",
-    "num_products": "numeric",
-    "region": "categorical",
-    "channel": "categorical",
-    "is_active": "numeric",
-}
 COLUMNS: list[str] = [*FEATURES, LABEL]
 SUCCESS_MARKER = "_SUCCESS"
-FORMATS = ("csv", "parquet")
-MAX_VERSION = 9999
-MAX_ROWS = 10_000_000
-MAX_DRIFT = 10.0
-MAX_EXTRA_FEATURES = 200
 # Rows per block when writing (and when drawing the extra features): bounds the memory of a version
 # beyond the standard columns; a constant, so the data never depends on anything but (seed, version).
 WRITE_CHUNK_ROWS = 250_000
@@ -71,169 +56,6 @@ NEW_CATEGORY_FRACTION = 0.25
 # ``type_change``: how a numeric column is rendered as text, plus this fraction of "n/a".
 TYPE_CHANGE_NA_FRACTION = 0.05
 BASE_POSITIVE_RATE_INTERCEPT = -0.95  # about 30 % positives on an undrifted version
-
-KNOB_DEFAULTS: dict[str, Any] = {
-    "drift": 0.0,
-    "label_shift": 0.0,
-    "new_category": None,
-    "missing_column": None,
-    "type_change": None,
-    "null_spike": None,
-}
-SPEC_KEYS = {
-    "root",
-    "versions",
-    "rows",
-    "seed",
-    "format",
-    "overwrite",
-    "extra_features",
-    "knobs_per_version",
-    *KNOB_DEFAULTS,
-}
-
-
-def _spec_error(key: str, message: str, where: str = "generate_dataset: spec key") -> ValueError:
-    return ValueError(f"{where} {key!r}: {message}")
-
-
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _is_number(value: Any, low: float, high: float) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and low <= value <= high
-
-
-def _local_path(uri: Any, key: str = "root", where: str = "generate_dataset: spec key") -> Path:
-    """
-    Turn a plain path or a ``file://`` URI into an absolute local path.
-
-    :param uri: the path or URI.
-    :param key: the spec key (or argument) named in error messages.
-    :param where: the prefix of error messages.
-    """
-    if not isinstance(uri, str | os.PathLike) or not str(uri):
-        raise _spec_error(key, f"must be a non-empty local path or file:// URI, got {uri!r}.", where)
-    text = str(uri)
-    parsed = urlparse(text)
-    if parsed.scheme == "file":
-        if parsed.netloc not in ("", "localhost"):
-            raise _spec_error(key, f"file:// URI with a remote host is not supported: {text!r}.", where)
-        text = unquote(parsed.path)
-    elif parsed.scheme and len(parsed.scheme) > 1:  # one letter: a Windows drive
-        raise _spec_error(key, f"only local paths and file:// URIs are supported, got {text!r}.", where)
-    return Path(os.path.abspath(os.path.expanduser(text)))
-
-
-def _parse_versions(value: Any) -> list[int]:
-    if _is_int(value):
-        if not 1 <= value <= MAX_VERSION:
-            raise _spec_error("versions", f"an int N means versions 1..N; N must be in 1..{MAX_VERSION}.")
-        return list(range(1, value + 1))
-    if not isinstance(value, list) or not value:
-        raise _spec_error("versions", f"must be a non-empty list of ints or an int N, got {value!r}.")
-    if not all(_is_int(v) and 1 <= v <= MAX_VERSION for v in value):
-        raise _spec_error("versions", f"every version must be an int in 1..{MAX_VERSION}, got {value!r}.")
-    if len(set(value)) != len(value):
-        raise _spec_error("versions", f"versions must be unique, got {value!r}.")
-    return list(value)
-
-
-def _check_column(key: str, value: Any, kinds: tuple[str, ...]) -> None:
-    allowed = sorted(name for name, kind in FEATURES.items() if kind in kinds)
-    if value is not None and value not in allowed:
-        raise _spec_error(key, f"must be null or one of {allowed}, got {value!r}.")
-
-
-def _check_null_spike(value: Any) -> None:
-    if value is None:
-        return
-    if not isinstance(value, dict):
-        raise _spec_error("null_spike", f"must be null or a dict {{column: fraction}}, got {value!r}.")
-    for column, fraction in value.items():
-        _check_column("null_spike", column, ("numeric", "categorical"))
-        if not _is_number(fraction, 0, 1):
-            raise _spec_error("null_spike", f"fraction for {column!r} must be in [0, 1], got {fraction!r}.")
-
-
-def _check_knobs(knobs: dict[str, Any]) -> dict[str, Any]:
-    """Validate one version's knobs (:param knobs: all KNOB_DEFAULTS keys); return plain types."""
-    drift, shift = knobs["drift"], knobs["label_shift"]
-    if not _is_number(drift, 0, MAX_DRIFT):
-        raise _spec_error("drift", f"must be a number in [0, {MAX_DRIFT}], got {drift!r}.")
-    if not _is_number(shift, -0.5, 0.5):
-        raise _spec_error("label_shift", f"must be a number in [-0.5, 0.5], got {shift!r}.")
-    _check_column("new_category", knobs["new_category"], ("categorical",))
-    _check_column("missing_column", knobs["missing_column"], ("numeric", "categorical"))
-    _check_column("type_change", knobs["type_change"], ("numeric",))
-    _check_null_spike(knobs["null_spike"])
-    spike = knobs["null_spike"]
-    return {
-        **knobs,
-        "drift": float(drift),
-        "label_shift": float(shift),
-        "null_spike": {str(k): float(v) for k, v in spike.items()} if spike else None,
-    }
-
-
-def _per_version_knobs(spec: dict[str, Any], versions: list[int]) -> dict[int, dict[str, Any]]:
-    """
-    Merge the top-level knobs with ``knobs_per_version`` into validated knobs per version.
-
-    :param spec: the step spec.
-    :param versions: the versions being written.
-    """
-    top = {key: spec.get(key, default) for key, default in KNOB_DEFAULTS.items()}
-    overrides = spec.get("knobs_per_version") or {}
-    if not isinstance(overrides, dict):
-        raise _spec_error("knobs_per_version", f"must be a dict version -> knobs, got {overrides!r}.")
-    by_version: dict[int, dict[str, Any]] = {}
-    for raw_version, knobs in overrides.items():
-        version = int(raw_version) if str(raw_version).isdigit() else -1
-        if version not in versions:
-            raise _spec_error("knobs_per_version", f"{raw_version!r} is not a version written {versions}.")
-        if not isinstance(knobs, dict) or set(knobs) - set(KNOB_DEFAULTS):
-            raise _spec_error(
-                "knobs_per_version",
-                f"version {raw_version!r}: want a dict with keys from {sorted(KNOB_DEFAULTS)}, got {knobs!r}.",
-            )
-        by_version[version] = knobs
-    return {v: _check_knobs({**top, **by_version.get(v, {})}) for v in versions}
-
-
-def _validate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Check the whole spec up front, return normalised settings (:param spec: see generate_dataset)."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"generate_dataset: spec must be a dict, got {type(spec).__name__}.")
-    unknown = set(spec) - SPEC_KEYS
-    if unknown:
-        raise ValueError(
-            f"generate_dataset: unknown spec keys {sorted(unknown)}; allowed: {sorted(SPEC_KEYS)}."
-        )
-    if "root" not in spec:
-        raise _spec_error("root", "is required (a local directory path or file:// URI).")
-    rows, seed, fmt = spec.get("rows", 2000), spec.get("seed", 0), spec.get("format", "csv")
-    if not _is_int(rows) or not 1 <= rows <= MAX_ROWS:
-        raise _spec_error("rows", f"must be an int in 1..{MAX_ROWS}, got {rows!r}.")
-    if not _is_int(seed) or seed < 0:
-        raise _spec_error("seed", f"must be an int >= 0, got {seed!r}.")
-    if fmt not in FORMATS:
-        raise _spec_error("format", f"must be one of {list(FORMATS)}, got {fmt!r}.")
-    extra = spec.get("extra_features", 0)
-    if not _is_int(extra) or not 0 <= extra <= MAX_EXTRA_FEATURES:
-        raise _spec_error("extra_features", f"must be an int in 0..{MAX_EXTRA_FEATURES}, got {extra!r}.")
-    versions = _parse_versions(spec.get("versions", [1]))
-    return {
-        "root": _local_path(spec["root"]),
-        "rows": rows,
-        "seed": seed,
-        "format": fmt,
-        "overwrite": bool(spec.get("overwrite", False)),
-        "extra_features": extra,
-        "versions": versions,
-        "knobs": _per_version_knobs(spec, versions),
-    }
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -477,63 +299,34 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
     logistic regression reaches a ROC AUC around 0.8. Version ``v`` is drawn from the seed sequence
     ``(seed, v)``, so the same spec always writes the same data.
 
-    :param spec: a dict with the keys below.
-
-        - ``root`` (required): local directory path or ``file://`` URI; versions go to
-          ``<root>/version=NNNN/`` (``part-00000.<format>`` then an empty ``_SUCCESS``).
-        - ``versions``: list of ints in 1..9999, or an int N meaning 1..N. Default ``[1]``.
-        - ``rows``: rows per version, int in 1..10,000,000. Default 2000.
-        - ``seed``: int >= 0. Default 0.
-        - ``format``: ``"csv"`` (default) or ``"parquet"``.
-        - ``extra_features``: int in 0..200, default 0 (top level only, the same for every
-          version). Adds that many noise features between the standard ones and the label,
-          alternating ``num_00`` (float, normal, 4 decimals; every third leans slightly with the
-          label; ``drift`` moves them by 0.25 standard deviation per unit) and ``cat_00`` (one of
-          10 words, Zipf-like frequencies). ``extra_features=11`` gives 8 + 11 + label = 20
-          columns. They are drawn from their own seed sequence ``(seed, v, 1)``, so the standard
-          columns do not change with this knob.
-        - ``overwrite``: replace existing versions. Default false: an existing version is an
-          error, checked for every version before anything is written.
-        - ``drift``: float in [0, 10], default 0. Shifts numeric distributions proportionally (at 1:
-          age +6 years, income mean x1.42, balance +40 %, tenure shorter). 0 draws every version
-          from the same distribution (a different sample each).
-        - ``label_shift``: float in [-0.5, 0.5], default 0. Added to the positive rate (the
-          result is clipped to [0.01, 0.99]).
-        - ``new_category``: null or ``"region"`` / ``"channel"``: about 25 % of that column
-          get a value no clean version has (``overseas`` / ``crypto_wallet``).
-        - ``missing_column``: null or a feature name: that column is dropped.
-        - ``type_change``: null or a numeric feature name: written as text (``"42.3k"``,
-          ``"37y"``, ``"yes"``), about 5 % ``"n/a"``.
-        - ``null_spike``: null or ``{feature: fraction in [0, 1]}``: that fraction of values
-          become null (ints become nullable ints).
-        - ``knobs_per_version``: ``{"<version>": {knob: value}}``; for that version these knobs
-          replace the top-level ones (knobs: drift, label_shift, new_category, missing_column,
-          type_change, null_spike).
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.GenerateDatasetSpec` as a JSON dict (its
+        knobs inject the problems: drift, label shift, new categories, a missing column, a type
+        change, null spikes, per version with ``knobs_per_version``).
     :return: ``{"root", "format", "versions": [{"version": "0001", "uri", "rows", "files",
         "columns", "positive_rate", "knobs"}], "columns", "features", "label"}``.
     """
+    settings = GenerateDatasetSpec.parse(spec)
     import pandas as pd
 
-    settings = _validate(spec)
-    root: Path = settings["root"]
-    targets = {v: root / f"version={v:04d}" for v in settings["versions"]}
+    root = settings.root
+    targets = {v: root / f"version={v:04d}" for v in settings.versions}
     existing = [str(path) for path in targets.values() if path.exists()]
-    if existing and not settings["overwrite"]:
+    if existing and not settings.overwrite:
         raise ValueError(
             f"generate_dataset: version directories already exist: {', '.join(existing)}; "
             "set 'overwrite': true to replace them."
         )
     root.mkdir(parents=True, exist_ok=True)
-    extra = extra_feature_names(settings["extra_features"])
+    extra = extra_feature_names(settings.extra_features)
     written = []
     for version, target in targets.items():
-        knobs = settings["knobs"][version]
-        rng = np.random.default_rng([settings["seed"], version])
-        df = pd.DataFrame(_sample(settings["rows"], rng, knobs["drift"], knobs["label_shift"]))
+        knobs = settings.knobs[version]
+        rng = np.random.default_rng([settings.seed, version])
+        df = pd.DataFrame(_sample(settings.rows, rng, knobs["drift"], knobs["label_shift"]))
         df = _apply_problems(df, knobs, rng)
-        extra_rng = np.random.default_rng([settings["seed"], version, 1])
+        extra_rng = np.random.default_rng([settings.seed, version, 1])
         blocks = _blocks(df, extra, extra_rng, knobs["drift"])
-        files = _write_version(blocks, target, settings["format"], settings["overwrite"])
+        files = _write_version(blocks, target, settings.format, settings.overwrite)
         columns = [str(c) for c in df.columns if c != LABEL] + list(extra) + [LABEL]
         positive_rate = round(float(df[LABEL].mean()), 4)
         log.info("Wrote %s (%s rows, positive rate %s, knobs %s)", target, len(df), positive_rate, knobs)
@@ -550,7 +343,7 @@ def generate_dataset(spec: dict[str, Any]) -> dict[str, Any]:
         )
     return {
         "root": str(root),
-        "format": settings["format"],
+        "format": settings.format,
         "versions": written,
         "columns": [*FEATURES, *extra, LABEL],
         "features": {**FEATURES, **extra},
@@ -570,7 +363,7 @@ def read_version(uri: str | os.PathLike[str], require_success: bool = True) -> A
     """
     import pandas as pd
 
-    path = _local_path(uri, key="uri", where="read_version: argument")
+    path = local_path(uri, key="uri", where="read_version: argument")
     if require_success and not (path / SUCCESS_MARKER).is_file():
         raise FileNotFoundError(f"read_version: {path} has no {SUCCESS_MARKER} marker (incomplete version?).")
     csv_parts = sorted(path.glob("part-*.csv"))

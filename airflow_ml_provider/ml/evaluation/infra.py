@@ -8,10 +8,7 @@ prediction per row), ``finite`` (no NaN / inf), and ``latency_p50`` / ``latency_
 are given. A failing model is a failed check in the result (the "infra blessing"), never an
 exception; a bad spec is a ValueError.
 
-Spec: ``model_uri``; ``data_uri`` + ``format`` or ``rows`` (list of dicts); ``sample_rows``
-(100); ``drop_columns`` (e.g. the label); ``batch_size`` (1) and ``requests`` (50) for the
-latency; ``max_latency_ms`` ``{"p50": ms, "p99": ms}``; ``load_timeout`` (300 s) and ``timeout``
-(300 s, for predicting); ``tracking_uri``; ``output_dir`` (``infra_validation.json`` goes there).
+Spec: :class:`~airflow_ml_provider.ml.specs.InfraValidateSpec`, as a JSON dict.
 """
 
 from __future__ import annotations
@@ -26,88 +23,22 @@ import time
 from typing import Any
 
 from airflow_ml_provider.ml.scratch import scratch_dir
+from airflow_ml_provider.ml.specs.evaluation import InfraValidateSpec
 
 log = logging.getLogger(__name__)
 
-KEYS = {
-    "model_uri",
-    "data_uri",
-    "format",
-    "rows",
-    "sample_rows",
-    "drop_columns",
-    "batch_size",
-    "requests",
-    "max_latency_ms",
-    "load_timeout",
-    "timeout",
-    "tracking_uri",
-    "output_dir",
-}
-DEFAULTS = {"sample_rows": 100, "batch_size": 1, "requests": 50, "load_timeout": 300.0, "timeout": 300.0}
 POLL_SECONDS = 0.1
 
 
-def _positive(spec: dict[str, Any], key: str, kind: type) -> None:
-    value = spec[key]
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | float)
-        or value <= 0
-        or (kind is int and value != int(value))
-    ):
-        raise ValueError(
-            f"infra_validate: spec key {key!r} must be a positive {kind.__name__}, got {value!r}."
-        )
-
-
-def _latency_bounds(bounds: Any) -> dict[str, float]:
-    if not isinstance(bounds, dict) or set(bounds) - {"p50", "p99"}:
-        raise ValueError(
-            f"infra_validate: 'max_latency_ms' must be a dict with keys p50 and/or p99, got {bounds!r}."
-        )
-    for name, value in bounds.items():
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise ValueError(
-                f"infra_validate: max_latency_ms[{name!r}] must be a positive number of ms, got {value!r}."
-            )
-    return dict(bounds)
-
-
-def check_spec(spec: Any) -> dict[str, Any]:
-    """The spec with defaults; ValueError naming the key for anything wrong."""
-    if not isinstance(spec, dict):
-        raise ValueError(f"infra_validate: spec must be a dict, got {type(spec).__name__}.")
-    unknown = set(spec) - KEYS
-    if unknown:
-        raise ValueError(f"infra_validate: unknown spec keys {sorted(unknown)}; allowed: {sorted(KEYS)}.")
-    if not isinstance(spec.get("model_uri"), str) or not spec["model_uri"]:
-        raise ValueError("infra_validate: spec key 'model_uri' is required (a model URI or path).")
-    if bool(spec.get("data_uri")) == bool(spec.get("rows")):
-        raise ValueError(
-            "infra_validate: give exactly one of 'data_uri' (a dataset version) or 'rows' (a list of dicts)."
-        )
-    settings = {**DEFAULTS, **spec}
-    for key in ("sample_rows", "batch_size", "requests"):
-        _positive(settings, key, int)
-    for key in ("load_timeout", "timeout"):
-        _positive(settings, key, float)
-    bounds = _latency_bounds(settings.get("max_latency_ms") or {})
-    drop = settings.get("drop_columns") or []
-    if not isinstance(drop, list) or not all(isinstance(c, str) for c in drop):
-        raise ValueError(f"infra_validate: 'drop_columns' must be a list of column names, got {drop!r}.")
-    return {**settings, "max_latency_ms": bounds, "drop_columns": drop}
-
-
-def sample_rows(settings: dict[str, Any]) -> list[dict[str, Any]]:
+def sample_rows(settings: InfraValidateSpec) -> list[dict[str, Any]]:
     """The first ``sample_rows`` rows, without ``drop_columns``, as JSON-able dicts."""
-    if settings.get("rows"):
-        rows = list(settings["rows"])[: settings["sample_rows"]]
-        return [{k: v for k, v in row.items() if k not in settings["drop_columns"]} for row in rows]
+    if settings.rows:
+        rows = list(settings.rows)[: settings.sample_rows]
+        return [{k: v for k, v in row.items() if k not in settings.drop_columns} for row in rows]
     from airflow_ml_provider.ml.training.context import read_table
 
-    frame = read_table(settings["data_uri"], settings.get("format")).head(settings["sample_rows"])
-    frame = frame.drop(columns=[c for c in settings["drop_columns"] if c in frame.columns])
+    frame = read_table(str(settings.data_uri), settings.format).head(settings.sample_rows)
+    frame = frame.drop(columns=[c for c in settings.drop_columns if c in frame.columns])
     return json.loads(frame.to_json(orient="records"))
 
 
@@ -127,15 +58,19 @@ def _kill(process: subprocess.Popen[bytes]) -> None:
     process.wait()
 
 
-def run_probe(settings: dict[str, Any], rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
+def run_probe(settings: InfraValidateSpec, rows: list[dict[str, Any]], workdir: str) -> dict[str, Any]:
     """Run the probe process; return its state, with ``timeout`` set when it was killed."""
     spec_path, out = os.path.join(workdir, "spec.json"), os.path.join(workdir, "state.json")
-    keys = ("model_uri", "batch_size", "requests")
+    probe = {
+        "model_uri": settings.model_uri,
+        "batch_size": settings.batch_size,
+        "requests": settings.requests,
+    }
     with open(spec_path, "w") as handle:
-        json.dump({**{k: settings[k] for k in keys}, "rows": rows}, handle)
+        json.dump({**probe, "rows": rows}, handle)
     env = dict(os.environ)
-    if settings.get("tracking_uri"):
-        env["MLFLOW_TRACKING_URI"] = settings["tracking_uri"]
+    if settings.tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = settings.tracking_uri
     with open(os.path.join(workdir, "output.log"), "wb") as output:
         process = subprocess.Popen(
             [sys.executable, "-m", "airflow_ml_provider.ml.evaluation.infra_probe", spec_path, out],
@@ -150,7 +85,7 @@ def run_probe(settings: dict[str, Any], rows: list[dict[str, Any]], workdir: str
             state = _read_state(out)
             if state.get("stage") == "loaded" and stage == "loading":
                 stage, stage_started = "loaded", time.monotonic()
-            limit = settings["load_timeout"] if stage == "loading" else settings["timeout"]
+            limit = settings.load_timeout if stage == "loading" else settings.timeout
             if time.monotonic() - stage_started > limit:
                 _kill(process)
                 return {**_read_state(out), "timeout": stage, "limit": limit}
@@ -164,7 +99,7 @@ def run_probe(settings: dict[str, Any], rows: list[dict[str, Any]], workdir: str
     return state
 
 
-def _checks(settings: dict[str, Any], state: dict[str, Any], rows: int) -> list[dict[str, Any]]:
+def _checks(settings: InfraValidateSpec, state: dict[str, Any], rows: int) -> list[dict[str, Any]]:
     import numpy as np
 
     checks: list[dict[str, Any]] = []
@@ -203,7 +138,7 @@ def _checks(settings: dict[str, Any], state: dict[str, Any], rows: int) -> list[
     bad = output.get("non_finite")
     check("finite", bad == 0, "not numeric" if bad is None else f"{bad} NaN/inf values")
     latencies = state.get("latencies_ms") or []
-    for name, bound in sorted(settings["max_latency_ms"].items()):
+    for name, bound in sorted(settings.max_latency_ms.items()):
         if not latencies:
             check(f"latency_{name}", False, "no timed requests")
             continue
@@ -213,13 +148,17 @@ def _checks(settings: dict[str, Any], state: dict[str, Any], rows: int) -> list[
 
 
 def infra_validate(spec: dict[str, Any]) -> dict[str, Any]:
-    """Load and serve the model in a separate process; return the infra blessing."""
+    """
+    Load and serve the model in a separate process; return the infra blessing.
+
+    :param spec: an :class:`~airflow_ml_provider.ml.specs.InfraValidateSpec` as a JSON dict.
+    """
+    settings = InfraValidateSpec.parse(spec)
     import numpy as np
 
-    settings = check_spec(spec)
     rows = sample_rows(settings)
     if not rows:
-        raise ValueError(f"infra_validate: no sample rows in {settings.get('data_uri')!r}.")
+        raise ValueError(f"infra_validate: no sample rows in {settings.data_uri!r}.")
     with scratch_dir("infra-validation") as workdir:
         state = run_probe(settings, rows, workdir)
     checks = _checks(settings, state, len(rows))
@@ -235,7 +174,7 @@ def infra_validate(spec: dict[str, Any]) -> dict[str, Any]:
     blessed = not failures
     result = {
         "blessed": blessed,
-        "model_uri": settings["model_uri"],
+        "model_uri": settings.model_uri,
         "checks": checks,
         "failures": failures,
         "latency_ms": latency,
@@ -247,13 +186,13 @@ def infra_validate(spec: dict[str, Any]) -> dict[str, Any]:
             "tags": {"airflow_ml.infra_blessed": str(blessed).lower()},
         },
     }
-    if settings.get("output_dir"):
-        os.makedirs(settings["output_dir"], exist_ok=True)
-        with open(os.path.join(settings["output_dir"], "infra_validation.json"), "w") as handle:
+    if settings.output_dir:
+        os.makedirs(settings.output_dir, exist_ok=True)
+        with open(os.path.join(settings.output_dir, "infra_validation.json"), "w") as handle:
             json.dump({**result, "traceback": state.get("traceback")}, handle, indent=1)
     log.info(
         "%s: %s%s",
-        settings["model_uri"],
+        settings.model_uri,
         "INFRA BLESSED" if blessed else "NOT INFRA BLESSED",
         "".join(f"\n  - {f}" for f in failures),
     )

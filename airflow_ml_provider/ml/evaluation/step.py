@@ -1,22 +1,7 @@
 """
 The ``evaluate_model`` step: a candidate model against a baseline, per slice, with TFMA semantics.
 
-Spec (JSON):
-
-- ``candidate_model_uri``: the candidate, any URI ``mlflow.pyfunc.load_model`` takes;
-- ``baseline_model_uri``: the baseline (the current champion), or null on a first run (then
-  change thresholds are dropped and only value thresholds decide, as TFMA's "rubber stamp");
-- ``baseline``: what the baseline is, for ``blessing.json``: ``model_name``, ``alias``,
-  ``version`` (the registered version the alias held), ``model_uri`` (optional);
-- ``data_uri``, ``format``: the evaluation dataset version (csv/parquet file or directory);
-- ``eval_config``: a TFMA ``EvalConfig`` as a dict (protobuf JSON), a JSON string or a text proto;
-- ``label_key`` (default ``label``), ``example_weight_key``, ``feature_columns`` (the columns the
-  models get; default every column but the label and the weight);
-- ``engine``: ``auto`` (in-memory fast path when the config allows it, else TFMA's Beam
-  pipeline), ``fast`` or ``beam``; ``beam_pipeline_args`` for the Beam runner;
-- ``tracking_uri``: MLflow, for ``models:/`` and ``runs:/`` URIs; ``output_dir``: where the
-  artifacts go (``metrics.json``, ``blessing.json``, ``eval_config.pbtxt``, ``report.html``,
-  ``plots/``); ``title`` and ``context`` (strings for the report).
+Spec: :class:`~airflow_ml_provider.ml.specs.EvaluateModelSpec`, as a JSON dict.
 
 Predictions come from ``mlflow.pyfunc`` for both models, so any framework MLflow can serve works.
 """
@@ -33,6 +18,7 @@ import tempfile
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.ml.evaluation.results import BASELINE, CANDIDATE, OVERALL, EvalOutput
+from airflow_ml_provider.ml.specs.evaluation import EvaluateModelSpec
 
 if TYPE_CHECKING:
     import numpy as np
@@ -40,58 +26,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-KEYS = {
-    "candidate_model_uri",
-    "baseline_model_uri",
-    "baseline",
-    "data_uri",
-    "format",
-    "eval_config",
-    "label_key",
-    "example_weight_key",
-    "feature_columns",
-    "engine",
-    "beam_pipeline_args",
-    "tracking_uri",
-    "output_dir",
-    "title",
-    "context",
-}
-ENGINES = ("auto", "fast", "beam")
 CANDIDATE_COLUMN = "__prediction_candidate"
 BASELINE_COLUMN = "__prediction_baseline"
 # MLflow metric names allow letters, digits, _ - . space : and /.
 _UNSAFE = re.compile(r"[^\w.\- :/]")
 MAX_LOGGED_METRICS = 2000
-
-
-def _check_spec(spec: Any) -> dict[str, Any]:
-    if not isinstance(spec, dict):
-        raise ValueError(f"evaluate_model: spec must be a dict, got {type(spec).__name__}.")
-    unknown = set(spec) - KEYS
-    if unknown:
-        raise ValueError(f"evaluate_model: unknown spec keys {sorted(unknown)}; allowed: {sorted(KEYS)}.")
-    for key in ("candidate_model_uri", "data_uri", "output_dir"):
-        if not isinstance(spec.get(key), str) or not spec[key]:
-            raise ValueError(f"evaluate_model: spec key {key!r} is required (a URI or path string).")
-    if spec.get("eval_config") in (None, "", {}):
-        raise ValueError(
-            "evaluate_model: spec key 'eval_config' is required: a TFMA EvalConfig as a dict, JSON or "
-            "text proto with metrics_specs and slicing_specs (see docs/evaluation.md)."
-        )
-    engine = spec.get("engine", "auto")
-    if engine not in ENGINES:
-        raise ValueError(f"evaluate_model: spec key 'engine' must be one of {list(ENGINES)}, got {engine!r}.")
-    if spec.get("baseline") is not None and not isinstance(spec["baseline"], dict):
-        raise ValueError(f"evaluate_model: spec key 'baseline' must be a dict, got {spec['baseline']!r}.")
-    columns = spec.get("feature_columns")
-    if columns is not None and (
-        not isinstance(columns, list) or not all(isinstance(c, str) for c in columns)
-    ):
-        raise ValueError(
-            f"evaluate_model: spec key 'feature_columns' must be a list of str, got {columns!r}."
-        )
-    return {"label_key": "label", "engine": "auto", **spec}
 
 
 def predict(model_uri: str, features: pd.DataFrame, role: str) -> np.ndarray:
@@ -133,25 +72,25 @@ def predict(model_uri: str, features: pd.DataFrame, role: str) -> np.ndarray:
     return array
 
 
-def _frame_with_predictions(settings: dict[str, Any]) -> pd.DataFrame:
+def _frame_with_predictions(settings: EvaluateModelSpec) -> pd.DataFrame:
     from airflow_ml_provider.ml.training.context import read_table
 
-    frame = read_table(settings["data_uri"], settings.get("format"))
-    label, weight = settings["label_key"], settings.get("example_weight_key")
+    frame = read_table(settings.data_uri, settings.format)
+    label, weight = settings.label_key, settings.example_weight_key
     for key, column in (("label_key", label), ("example_weight_key", weight)):
         if column and column not in frame.columns:
             raise ValueError(
-                f"evaluate_model: {key} {column!r} is not a column of {settings['data_uri']!r} "
+                f"evaluate_model: {key} {column!r} is not a column of {settings.data_uri!r} "
                 f"(columns: {', '.join(map(str, frame.columns[:30]))})."
             )
-    columns = settings.get("feature_columns") or [c for c in frame.columns if c not in (label, weight)]
+    columns = list(settings.feature_columns or [c for c in frame.columns if c not in (label, weight)])
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise ValueError(f"evaluate_model: feature_columns {missing} are not in {settings['data_uri']!r}.")
+        raise ValueError(f"evaluate_model: feature_columns {missing} are not in {settings.data_uri!r}.")
     features = frame[columns]
-    frame[CANDIDATE_COLUMN] = predict(settings["candidate_model_uri"], features, CANDIDATE)
-    if settings.get("baseline_model_uri"):
-        frame[BASELINE_COLUMN] = predict(settings["baseline_model_uri"], features, BASELINE)
+    frame[CANDIDATE_COLUMN] = predict(settings.candidate_model_uri, features, CANDIDATE)
+    if settings.baseline_model_uri:
+        frame[BASELINE_COLUMN] = predict(settings.baseline_model_uri, features, BASELINE)
     return frame
 
 
@@ -189,16 +128,16 @@ def flatten_metrics(output: EvalOutput) -> dict[str, float]:
     return finite
 
 
-def _baseline_of(settings: dict[str, Any]) -> dict[str, Any] | None:
+def _baseline_of(settings: EvaluateModelSpec) -> dict[str, Any] | None:
     """The baseline's name, alias, version and URI for the blessing; None without a baseline."""
-    uri = settings.get("baseline_model_uri")
+    uri = settings.baseline_model_uri
     if not uri:
         return None
-    given = settings.get("baseline") or {}
+    given = settings.baseline or {}
     return {key: given.get(key) for key in ("model_name", "alias", "version")} | {"model_uri": uri}
 
 
-def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, config: Any) -> list[str]:
+def _write_outputs(staging: str, settings: EvaluateModelSpec, output: EvalOutput, config: Any) -> list[str]:
     from google.protobuf import text_format
 
     from airflow_ml_provider.ml.evaluation.beam_engine import threshold_table
@@ -207,8 +146,8 @@ def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, c
     blessed = output.validation_ok
     blessing = {
         "blessed": blessed,
-        "candidate_model_uri": settings["candidate_model_uri"],
-        "baseline_model_uri": settings.get("baseline_model_uri"),
+        "candidate_model_uri": settings.candidate_model_uri,
+        "baseline_model_uri": settings.baseline_model_uri,
         # The registered version compared with (the champion at the time), not only its URI.
         "baseline": _baseline_of(settings),
         "failures": [f.__dict__ for f in output.failures],
@@ -226,47 +165,51 @@ def _write_outputs(staging: str, settings: dict[str, Any], output: EvalOutput, c
     written = write_report(
         output,
         staging,
-        title=settings.get("title") or "Model evaluation",
-        candidate_uri=settings["candidate_model_uri"],
-        baseline_uri=settings.get("baseline_model_uri"),
+        title=settings.title or "Model evaluation",
+        candidate_uri=settings.candidate_model_uri,
+        baseline_uri=settings.baseline_model_uri,
         blessed=blessed,
-        context={str(k): str(v) for k, v in (settings.get("context") or {}).items()},
+        context={str(k): str(v) for k, v in settings.context.items()},
     )
     return ["metrics.json", "blessing.json", "thresholds.json", "eval_config.pbtxt", *written.values()]
 
 
 def evaluate_model(spec: dict[str, Any]) -> dict[str, Any]:
-    """Evaluate the candidate (and baseline) on the dataset version; write the blessing."""
+    """
+    Evaluate the candidate (and baseline) on the dataset version; write the blessing.
+
+    :param spec: an :class:`~airflow_ml_provider.ml.specs.EvaluateModelSpec` as a JSON dict.
+    """
+    settings = EvaluateModelSpec.parse(spec)
     from airflow_ml_provider.ml.evaluation.config import parse_eval_config, prepare_eval_config
     from airflow_ml_provider.ml.evaluation.engines import evaluate_frame
 
-    settings = _check_spec(spec)
     config = prepare_eval_config(
-        parse_eval_config(settings["eval_config"]),
-        label_key=settings["label_key"],
+        parse_eval_config(settings.eval_config),
+        label_key=settings.label_key or "",  # empty: the label_key of eval_config's model spec
         candidate_column=CANDIDATE_COLUMN,
-        baseline_column=BASELINE_COLUMN if settings.get("baseline_model_uri") else None,
-        example_weight_key=settings.get("example_weight_key"),
+        baseline_column=BASELINE_COLUMN if settings.baseline_model_uri else None,
+        example_weight_key=settings.example_weight_key,
     )
-    if settings.get("tracking_uri"):
+    if settings.tracking_uri:
         import mlflow
 
-        mlflow.set_tracking_uri(settings["tracking_uri"])
+        mlflow.set_tracking_uri(settings.tracking_uri)
     frame = _frame_with_predictions(settings)
     log.info(
         "Predicted %d rows with the candidate%s.",
         len(frame),
         " and the baseline" * (BASELINE_COLUMN in frame),
     )
-    out_dir = settings["output_dir"]
+    out_dir = settings.output_dir
     os.makedirs(os.path.dirname(os.path.abspath(out_dir)), exist_ok=True)
     staging = tempfile.mkdtemp(prefix=".evaluation-", dir=os.path.dirname(os.path.abspath(out_dir)))
     try:
         output = evaluate_frame(
             frame,
             config,
-            engine=settings["engine"],
-            beam_pipeline_args=settings.get("beam_pipeline_args"),
+            engine=settings.engine,
+            beam_pipeline_args=list(settings.beam_pipeline_args),
             workdir=staging,
         )
         artifacts = _write_outputs(staging, settings, output, config)
@@ -278,12 +221,12 @@ def evaluate_model(spec: dict[str, Any]) -> dict[str, Any]:
     return _result(settings, output, artifacts)
 
 
-def _result(settings: dict[str, Any], output: EvalOutput, artifacts: list[str]) -> dict[str, Any]:
+def _result(settings: EvaluateModelSpec, output: EvalOutput, artifacts: list[str]) -> dict[str, Any]:
     overall = output.metrics.get(OVERALL, {})
     blessed = output.validation_ok
     log.info(
         "%s: %s (%d examples, engine %s)%s",
-        settings["candidate_model_uri"],
+        settings.candidate_model_uri,
         "BLESSED" if blessed else "NOT BLESSED",
         output.example_count,
         output.engine,
@@ -291,8 +234,8 @@ def _result(settings: dict[str, Any], output: EvalOutput, artifacts: list[str]) 
     )
     return {
         "blessed": blessed,
-        "candidate_model_uri": settings["candidate_model_uri"],
-        "baseline_model_uri": settings.get("baseline_model_uri"),
+        "candidate_model_uri": settings.candidate_model_uri,
+        "baseline_model_uri": settings.baseline_model_uri,
         "failed_thresholds": [f.describe() for f in output.failures],
         "failures": [f.__dict__ for f in output.failures],
         "metrics": overall.get(CANDIDATE, {}),

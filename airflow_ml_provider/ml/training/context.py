@@ -30,6 +30,8 @@ from airflow_ml_provider.ml.training.cluster import WorkerRole
 if TYPE_CHECKING:
     import pandas as pd
 
+    from airflow_ml_provider.ml.specs.training import TrainingInputs
+
 log = logging.getLogger(__name__)
 
 
@@ -158,6 +160,26 @@ class TrainingContext:
     tracker: ChiefTracker = field(default_factory=lambda: ChiefTracker(None, enabled=False), repr=False)
     trial_number: int | None = None
     epoch_hooks: list[EpochHook] = field(default_factory=list, repr=False)
+
+    @classmethod
+    def from_spec(cls, spec: TrainingInputs, **worker: Any) -> TrainingContext:
+        """
+        The context of a parsed ``train_model`` or ``tune`` spec: its training inputs, and ``worker``.
+
+        :param spec: the parsed spec (its ``train_uri``, ``eval_uri``, ``data_format``,
+            ``dataset_version``, ``schema_uri`` and ``custom_config``).
+        :param worker: the other fields, which this worker sets (``hyperparameters``, ``model_dir``,
+            ``strategy``, ``role`` ...).
+        """
+        return cls(
+            train_uri=str(spec.train_uri),
+            eval_uri=spec.eval_uri,
+            data_format=spec.data_format,
+            dataset_version=dict(spec.dataset_version),
+            schema_uri=spec.schema_uri,
+            custom_config=dict(spec.custom_config),
+            **worker,
+        )
 
     @property
     def is_chief(self) -> bool:

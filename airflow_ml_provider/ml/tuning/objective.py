@@ -22,14 +22,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from airflow_ml_provider.ml.registry import resolve_step, step_reference
+from airflow_ml_provider.ml.registry import resolve_step
 from airflow_ml_provider.ml.scratch import make_scratch_dir
+from airflow_ml_provider.ml.specs.tuning import OBJECTIVE_KINDS as OBJECTIVE_KINDS  # declared with the spec
+from airflow_ml_provider.ml.specs.tuning import TuneObjective, TuneSpec
 from airflow_ml_provider.ml.training.context import ChiefTracker
 from airflow_ml_provider.ml.tuning.trial_runs import RunHandle, TrialRuns
 
 log = logging.getLogger(__name__)
-
-OBJECTIVE_KINDS = ("run_fn", "function")
 
 
 class Reporter:
@@ -157,11 +157,11 @@ def _value_from(result: Any, reporter: Reporter, source: str) -> float:
 class FunctionObjective:
     """A plain ``fn(ctx: TrialContext)``."""
 
-    def __init__(self, ref: str, spec: dict[str, Any], worker: int = 0) -> None:
+    def __init__(self, ref: str, spec: TuneSpec, worker: int = 0) -> None:
         self.ref = ref
         self.fn: Any = resolve_step(ref)
-        self.custom_config = dict(spec.get("custom_config") or {})
-        self.seed = spec.get("seed")
+        self.custom_config = dict(spec.custom_config)
+        self.seed = spec.seed
         self.worker = worker
 
     def __call__(self, trial: Any, reporter: Reporter, hyperparameters: dict[str, Any]) -> float:
@@ -181,7 +181,7 @@ class FunctionObjective:
 class TrainingObjective:
     """The training ``run_fn(ctx)``, one process per trial worker, on a one-device strategy."""
 
-    def __init__(self, ref: str, spec: dict[str, Any], threads: int | None = None) -> None:
+    def __init__(self, ref: str, spec: TuneSpec, threads: int | None = None) -> None:
         from airflow_ml_provider.ml.training.cluster import WorkerRole
         from airflow_ml_provider.ml.training.step import build_strategy, import_tensorflow
 
@@ -204,24 +204,19 @@ class TrainingObjective:
         from airflow_ml_provider.ml.training.context import TrainingContext
 
         spec = self.spec
-        if spec.get("seed") is not None:
-            tf.keras.utils.set_random_seed(int(spec["seed"]))
+        if spec.seed is not None:
+            tf.keras.utils.set_random_seed(spec.seed)
         workdir = make_scratch_dir(f"ml-trial-{trial.number}")
         try:
-            ctx = TrainingContext(
-                train_uri=spec["train_uri"],
-                eval_uri=spec.get("eval_uri"),
-                data_format=spec.get("data_format"),
-                dataset_version=dict(spec.get("dataset_version") or {}),
-                schema_uri=spec.get("schema_uri"),
+            ctx = TrainingContext.from_spec(
+                spec,
                 hyperparameters=hyperparameters,
-                custom_config=dict(spec.get("custom_config") or {}),
                 model_dir=f"{workdir}/model",
                 strategy=self.strategy,
                 strategy_name="one_device",
                 role=self.role,
                 mlflow_run_id=reporter.run.run_id if reporter.run else None,
-                seed=spec.get("seed"),
+                seed=spec.seed,
                 tracker=_TrialTracker(reporter.runs, reporter.run),
                 trial_number=trial.number,
                 epoch_hooks=[reporter.on_epoch],
@@ -242,25 +237,19 @@ class TrainingObjective:
 
 
 def check_objective(spec: dict[str, Any]) -> tuple[str, str]:
-    """``(kind, reference)`` of the spec's objective; ValueError when it is missing or malformed."""
-    objective = spec.get("objective")
-    if not isinstance(objective, dict) or objective.get("kind") not in OBJECTIVE_KINDS:
-        raise ValueError(
-            "objective must be {'kind': 'run_fn' | 'function', 'ref': 'package.module:function'}, "
-            f"got {objective!r}."
-        )
-    ref = objective.get("ref")
-    if not isinstance(ref, str) or ":" not in ref:
-        raise ValueError(f"objective ref must be 'package.module:function', got {ref!r}.")
-    step_reference(ref)
-    if objective["kind"] == "run_fn" and not spec.get("train_uri"):
-        raise ValueError("a run_fn objective needs train_uri (the training data of every trial).")
-    return str(objective["kind"]), ref
+    """
+    ``(kind, reference)`` of a spec's objective; ValueError when it is missing or malformed.
+
+    :param spec: a dict with ``objective`` (and ``train_uri`` for a ``run_fn``), checked as
+        :class:`~airflow_ml_provider.ml.specs.TuneObjective` does.
+    """
+    objective = TuneObjective.read(spec)
+    return objective.kind, objective.ref
 
 
-def build_objective(spec: dict[str, Any], *, threads: int | None = None, worker: int = 0) -> Objective:
-    """The objective of the spec, with its heavy imports done once per worker."""
-    kind, ref = check_objective(spec)
+def build_objective(spec: TuneSpec, *, worker: int = 0) -> Objective:
+    """The objective of the spec, with its heavy imports done once per worker (``spec.threads``)."""
+    kind, ref = spec.objective.kind, spec.objective.ref
     if kind == "run_fn":
-        return TrainingObjective(ref, spec, threads)
+        return TrainingObjective(ref, spec, spec.threads)
     return FunctionObjective(ref, spec, worker)

@@ -61,9 +61,13 @@ def check_url(url: str) -> None:
     sqlite_path(url)
 
 
-def storage_url(spec: dict[str, Any]) -> str:
-    """The storage URL of a worker: from :data:`STORAGE_ENV`, else the spec's ``storage`` (no secrets)."""
-    url = os.environ.get(STORAGE_ENV) or spec.get("storage")
+def storage_url(storage: str | None = None) -> str:
+    """
+    The storage URL of a worker: from :data:`STORAGE_ENV`, else the spec's ``storage`` (no secrets).
+
+    :param storage: the spec's ``storage``, or None.
+    """
+    url = os.environ.get(STORAGE_ENV) or storage
     if not url:
         raise ValueError(
             f"No tuning storage: set the environment variable {STORAGE_ENV} (the launcher does) or "

@@ -18,11 +18,11 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+from airflow_ml_provider.ml.specs.validation import DEFAULT_CHUNK_ROWS
 from airflow_ml_provider.ml.validation.io import DataFiles
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_ROWS = 200_000
 # More than TFDV's default 10 equal-width buckets: the JSD drift comparator works on these
 # histograms, and 20 halve the resample noise of long-tailed features (see schema.py).
 HISTOGRAM_BUCKETS = 20

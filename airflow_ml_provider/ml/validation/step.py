@@ -6,6 +6,7 @@ import logging
 import os
 from typing import Any
 
+from airflow_ml_provider.ml.specs.validation import InferSchemaSpec, ValidateDataSpec
 from airflow_ml_provider.ml.validation import schema as schema_lib
 from airflow_ml_provider.ml.validation.io import (
     StagedOutput,
@@ -14,26 +15,10 @@ from airflow_ml_provider.ml.validation.io import (
     no_rows_message,
     write_atomic,
 )
-from airflow_ml_provider.ml.validation.statistics import DEFAULT_CHUNK_ROWS, compute_statistics
+from airflow_ml_provider.ml.validation.statistics import compute_statistics
 
 log = logging.getLogger(__name__)
 
-VALIDATE_KEYS = {
-    "data_uri",
-    "format",
-    "schema_uri",
-    "previous_statistics_uri",
-    "serving_statistics_uri",
-    "output_dir",
-    "drift",
-    "skew",
-    "label",
-    "engine",
-    "beam_pipeline_args",
-    "chunk_rows",
-}
-INFER_KEYS = {"data_uri", "format", "schema_uri", "overwrite", "chunk_rows"}
-ENGINES = ("in_memory", "beam")
 ARTIFACT_NAMES = (
     "statistics.pb",
     "anomalies.pbtxt",
@@ -42,88 +27,40 @@ ARTIFACT_NAMES = (
     "report.html",
     "plots",
 )
-THRESHOLD_KEYS = {"categorical_linf", "numeric_jsd", "features"}
 
 
-def _check_keys(step: str, spec: Any, allowed: set[str], required: tuple[str, ...]) -> None:
-    if not isinstance(spec, dict):
-        raise ValueError(f"{step}: spec must be a dict, got {type(spec).__name__}.")
-    unknown = set(spec) - allowed
-    if unknown:
-        raise ValueError(f"{step}: unknown spec keys {sorted(unknown)}; allowed: {sorted(allowed)}.")
-    for key in required:
-        if not isinstance(spec.get(key), str) or not spec[key]:
-            raise ValueError(f"{step}: spec key {key!r} is required (a path or URI string).")
-
-
-def _check_common(step: str, spec: dict[str, Any]) -> None:
-    if spec.get("format") not in (None, "csv", "parquet"):
-        raise ValueError(
-            f"{step}: spec key 'format' must be 'csv', 'parquet' or null, got {spec['format']!r}."
-        )
-    rows = spec.get("chunk_rows", DEFAULT_CHUNK_ROWS)
-    if not isinstance(rows, int) or isinstance(rows, bool) or rows < 1:
-        raise ValueError(f"{step}: spec key 'chunk_rows' must be an int >= 1, got {rows!r}.")
-
-
-def _thresholds(key: str, value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict) or set(value) - THRESHOLD_KEYS:
-        raise ValueError(
-            f"validate_data: spec key {key!r} must be a dict with keys from {sorted(THRESHOLD_KEYS)}, got {value!r}."
-        )
-    numbers = [v for k, v in value.items() if k != "features"] + list((value.get("features") or {}).values())
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) and v >= 0 for v in numbers):
-        raise ValueError(f"validate_data: spec key {key!r}: thresholds must be numbers >= 0, got {value!r}.")
-    return dict(value)
-
-
-def _validate_spec(spec: Any) -> dict[str, Any]:
-    _check_keys("validate_data", spec, VALIDATE_KEYS, ("data_uri", "output_dir"))
-    _check_common("validate_data", spec)
-    engine = spec.get("engine", "in_memory")
-    if engine not in ENGINES:
-        raise ValueError(f"validate_data: spec key 'engine' must be one of {list(ENGINES)}, got {engine!r}.")
-    args = spec.get("beam_pipeline_args") or []
-    if not isinstance(args, list) or not all(isinstance(a, str) for a in args):
-        raise ValueError(f"validate_data: spec key 'beam_pipeline_args' must be a list of str, got {args!r}.")
-    return {
-        **spec,
-        "engine": engine,
-        "beam_pipeline_args": args,
-        "drift": _thresholds("drift", spec.get("drift")),
-        "skew": _thresholds("skew", spec.get("skew")),
-        "label": str(spec.get("label", "label")),
-        "chunk_rows": spec.get("chunk_rows", DEFAULT_CHUNK_ROWS),
-    }
-
-
-def _statistics(settings: dict[str, Any], staged: StagedOutput | None = None) -> tuple[Any, str]:
+def _statistics(
+    data_uri: str,
+    fmt: str | None,
+    chunk_rows: int,
+    beam_args: list[str] | None = None,
+    staged: StagedOutput | None = None,
+) -> tuple[Any, str]:
     """
     Compute statistics of ``data_uri``; a version without rows is an error.
 
-    :param settings: the checked spec.
+    :param data_uri: the dataset version.
+    :param fmt: its format, or None to tell by extension.
+    :param chunk_rows: rows per chunk of the in-memory engine.
+    :param beam_args: the Beam pipeline's options when the engine is Beam; None: in memory.
     :param staged: the staging directory (the beam engine writes its output there).
     """
-    files = find_data_files(settings["data_uri"], settings.get("format"))
-    if settings.get("engine") == "beam" and staged is not None:
+    files = find_data_files(data_uri, fmt)
+    if beam_args is not None and staged is not None:
         from airflow_ml_provider.ml.validation.beam import compute_statistics_beam
 
-        stats = compute_statistics_beam(
-            files, settings["beam_pipeline_args"], str(staged.tmp / "beam_statistics.pb")
-        )
+        stats = compute_statistics_beam(files, beam_args, str(staged.tmp / "beam_statistics.pb"))
         os.remove(staged.tmp / "beam_statistics.pb")
     else:
-        stats = compute_statistics(files, settings["chunk_rows"])
+        stats = compute_statistics(files, chunk_rows)
     if not stats.datasets or stats.datasets[0].num_examples == 0:
         raise ValueError(no_rows_message(files))
     return stats, files.format
 
 
-def _schema(settings: dict[str, Any], stats: Any) -> tuple[Any, bool]:
+def _schema(settings: ValidateDataSpec, stats: Any) -> tuple[Any, bool]:
     """Load the schema at ``schema_uri`` or infer one; return it and whether it must be stored."""
-    uri = settings.get("schema_uri")
+    uri = settings.schema_uri
     if uri and exists(uri):
         return schema_lib.load_schema(uri), False
     return schema_lib.infer_schema_from_stats(stats), bool(uri)
@@ -161,9 +98,9 @@ def _write_artifacts(
     }
 
 
-def _baselines(settings: dict[str, Any]) -> tuple[Any | None, Any | None]:
-    previous = settings.get("previous_statistics_uri")
-    serving = settings.get("serving_statistics_uri")
+def _baselines(settings: ValidateDataSpec) -> tuple[Any | None, Any | None]:
+    previous = settings.previous_statistics_uri
+    serving = settings.serving_statistics_uri
     return (
         schema_lib.load_statistics(previous, "previous_statistics_uri") if previous else None,
         schema_lib.load_statistics(serving, "serving_statistics_uri") if serving else None,
@@ -186,40 +123,24 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
     ``FileNotFoundError`` / ``ValueError`` naming the input. Artifacts are written into a hidden
     staging directory and moved into ``output_dir`` only when everything succeeded.
 
-    :param spec: a dict with the keys below.
-
-        - ``data_uri`` (required): a version directory (its visible ``*.csv`` / ``*.parquet``
-          files; ``_SUCCESS`` and hidden files are ignored) or one file; local path, ``file://``
-          or any fsspec URI.
-        - ``output_dir`` (required): local directory for the artifacts (created).
-        - ``format``: ``"csv"``, ``"parquet"`` or null to detect from the extensions.
-        - ``schema_uri``: TFDV schema text proto. Missing file: a schema is inferred from this
-          version and stored there (``schema_created``); null: inferred in memory, not stored.
-        - ``previous_statistics_uri`` / ``serving_statistics_uri``: a ``statistics.pb`` of an
-          earlier run, for drift / skew comparators.
-        - ``drift`` / ``skew``: ``{"categorical_linf": 0.1, "numeric_jsd": 0.03,
-          "features": {name: threshold}}`` (defaults calibrated on the demo generator, see
-          ``schema.py``).
-        - ``label``: the label column (default ``"label"``); recorded, validated like the rest.
-        - ``engine``: ``"in_memory"`` (default; pyarrow chunks + TFDV in-memory generators) or
-          ``"beam"`` (CSV only; ``beam_pipeline_args`` such as ``["--runner=FlinkRunner", ...]``).
-        - ``chunk_rows``: rows per chunk for ``in_memory`` (default 200,000).
+    :param spec: a :class:`~airflow_ml_provider.ml.specs.ValidateDataSpec` as a JSON dict.
     :return: ``{"data_uri", "format", "label", "engine", "example_count", "feature_count",
         "schema_uri", "schema_created", "anomalies": [{"feature", "kind", "short_description",
         "description", "severity"}], "anomaly_count", "drift", "skew", "artifacts": {"statistics",
         "anomalies_text", "anomalies_json", "schema", "report_html", "plots"}, "mlflow":
         {"metrics"}}``.
     """
+    settings = ValidateDataSpec.parse(spec)
     import tensorflow_data_validation as tfdv
 
-    settings = _validate_spec(spec)
     previous, serving = _baselines(settings)
-    staged = StagedOutput(settings["output_dir"])
+    staged = StagedOutput(settings.output_dir)
     try:
-        stats, fmt = _statistics(settings, staged)
+        beam_args = list(settings.beam_pipeline_args) if settings.engine == "beam" else None
+        stats, fmt = _statistics(settings.data_uri, settings.format, settings.chunk_rows, beam_args, staged)
         schema, create = _schema(settings, stats)
         used = schema_lib.schema_for_validation(
-            schema, stats, previous, serving, settings["drift"], settings["skew"]
+            schema, stats, previous, serving, dict(settings.drift), dict(settings.skew)
         )
         anomalies = tfdv.validate_statistics(
             stats, used, previous_statistics=previous, serving_statistics=serving
@@ -227,13 +148,13 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
         entries = schema_lib.anomaly_list(anomalies)
         drift, skew = schema_lib.drift_skew_scores(anomalies)
         result: dict[str, Any] = {
-            "data_uri": settings["data_uri"],
+            "data_uri": settings.data_uri,
             "format": fmt,
-            "label": settings["label"],
-            "engine": settings["engine"],
+            "label": settings.label,
+            "engine": settings.engine,
             "example_count": int(stats.datasets[0].num_examples),
             "feature_count": len(stats.datasets[0].features),
-            "schema_uri": settings.get("schema_uri"),
+            "schema_uri": settings.schema_uri,
             "schema_created": create,
             "anomalies": entries,
             "anomaly_count": len(entries),
@@ -241,8 +162,8 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
             "skew": skew,
         }
         result["artifacts"] = _write_artifacts(staged, stats, used, anomalies, result, previous)
-        if create:
-            _store_schema(schema, settings["schema_uri"], settings["data_uri"])
+        if create and settings.schema_uri:
+            _store_schema(schema, settings.schema_uri, settings.data_uri)
         staged.commit(owned=ARTIFACT_NAMES)
     except BaseException:
         staged.discard()
@@ -250,7 +171,7 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
     result["mlflow"] = {"metrics": _metrics(result)}
     log.info(
         "Validated %s: %d rows, %d anomalies, report %s",
-        settings["data_uri"],
+        settings.data_uri,
         result["example_count"],
         result["anomaly_count"],
         result["artifacts"]["report_html"],
@@ -271,24 +192,20 @@ def infer_schema(spec: dict[str, Any]) -> dict[str, Any]:
     """
     Infer a TFDV schema from a dataset version and write it as a text proto (atomically).
 
-    :param spec: ``data_uri`` (required), ``schema_uri`` (required: where to write), ``format``
-        (``csv`` / ``parquet`` / null to detect), ``overwrite`` (default false: an existing file is an
-        error), ``chunk_rows`` (rows per chunk, default 200,000).
+    :param spec: an :class:`~airflow_ml_provider.ml.specs.InferSchemaSpec` as a JSON dict.
     :return: ``{"schema_uri", "feature_count", "example_count", "features": {name: type}}``.
     """
+    settings = InferSchemaSpec.parse(spec)
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    _check_keys("infer_schema", spec, INFER_KEYS, ("data_uri", "schema_uri"))
-    _check_common("infer_schema", spec)
-    uri = spec["schema_uri"]
-    if exists(uri) and not spec.get("overwrite", False):
+    uri = settings.schema_uri
+    if exists(uri) and not settings.overwrite:
         raise ValueError(f"infer_schema: {uri!r} already exists; set 'overwrite': true to replace it.")
-    settings = {**spec, "chunk_rows": spec.get("chunk_rows", DEFAULT_CHUNK_ROWS), "engine": "in_memory"}
-    stats, _ = _statistics(settings)
+    stats, _ = _statistics(settings.data_uri, settings.format, settings.chunk_rows)
     schema = schema_lib.infer_schema_from_stats(stats)
     write_atomic(uri, text_format.MessageToString(schema).encode("utf-8"))
-    log.info("Wrote the schema of %s (%d features) to %s", spec["data_uri"], len(schema.feature), uri)
+    log.info("Wrote the schema of %s (%d features) to %s", settings.data_uri, len(schema.feature), uri)
     return {
         "schema_uri": uri,
         "feature_count": len(schema.feature),
