@@ -42,6 +42,27 @@ def load_schema(uri: str) -> Any:
         ) from err
 
 
+def _run_artifact_bytes(uri: str, key: str) -> bytes:
+    """
+    The bytes of ``runs:/<run_id>/<path>`` from MLflow (``MLFLOW_TRACKING_URI``): a step in a pod
+    reads an earlier run's statistics there, as the operator does on the worker.
+    """
+    import tempfile
+
+    import mlflow
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="ml-statistics-") as workdir:
+            path = mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=workdir)
+            with open(path, "rb") as handle:
+                return handle.read()
+    except Exception as err:
+        raise ValueError(
+            f"validate_data: spec key {key!r}: cannot read {uri!r} from MLflow ({err}); check the run id and "
+            "path, and that MLFLOW_TRACKING_URI reaches the tracking server."
+        ) from err
+
+
 def load_statistics(uri: str, key: str) -> Any:
     """
     Read a binary ``DatasetFeatureStatisticsList`` (as written by validate_data).
@@ -54,7 +75,9 @@ def load_statistics(uri: str, key: str) -> Any:
 
     stats = statistics_pb2.DatasetFeatureStatisticsList()
     try:
-        stats.ParseFromString(read_bytes(uri, key))
+        stats.ParseFromString(
+            _run_artifact_bytes(uri, key) if uri.startswith("runs:/") else read_bytes(uri, key)
+        )
     except DecodeError as err:
         raise ValueError(
             f"validate_data: spec key {key!r}: {uri!r} is not a binary DatasetFeatureStatisticsList "
