@@ -30,6 +30,7 @@ from airflow_ml_provider.vocabulary import (
     ARTIFACT_CACHE_RESULT,
     TAG_CACHE_HIT,
     TAG_CACHE_KEY,
+    TAG_CACHE_KEY_REUSED,
     TAG_CACHE_SOURCE_RUN_ID,
 )
 
@@ -246,3 +247,14 @@ def record(run: TaskRun, key: str, step: str, result: Any) -> None:
         ARTIFACT_CACHE_RESULT,
     )
     run.set_tags({TAG_CACHE_KEY: key, TAG_CACHE_HIT: "false"})
+
+
+def record_hit(run: TaskRun, key: str, hit: CacheHit) -> None:
+    """Tag ``run`` as reusing ``hit``'s result (and log its metrics again, for the run's charts)."""
+    tags = {TAG_CACHE_HIT: "true", TAG_CACHE_SOURCE_RUN_ID: hit.run_id, TAG_CACHE_KEY_REUSED: key}
+    if hit.url:
+        tags[TAG_CACHE_SOURCE_URL] = hit.url
+    run.set_tags(tags)
+    if hit.metrics:
+        run.log_metrics(hit.metrics)
+    run.flush()

@@ -27,6 +27,10 @@ def default_storage_url() -> str:
     return f"sqlite:///{os.path.join(os.path.abspath(home), 'ml_tuning', 'studies.db')}"
 
 
+# Executors that run every task on this machine: an SQLite study file is shared by their tasks.
+LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
+
+
 class StudyStorageHook(BaseHook):
     """
     The database where tuning studies live, from an Airflow connection or a URL.
@@ -70,6 +74,29 @@ class StudyStorageHook(BaseHook):
     @property
     def is_sqlite(self) -> bool:
         return self.url.startswith("sqlite")
+
+    def check_shared(self, where: str, *, pods: str | None, mapped: bool) -> None:
+        """
+        ValueError when the study's workers cannot all reach this storage: pods (``pods`` names
+        how the DAG asked for them) never share an SQLite file; mapped tasks under an executor that
+        runs tasks on other machines do not share the default one.
+        """
+        from airflow.configuration import conf
+
+        if pods and self.is_sqlite:
+            raise ValueError(
+                f"{where}: pods cannot share the SQLite study {self.display}; give storage_conn_id (PostgreSQL) "
+                f"and storage_secret for {pods}."
+            )
+        executors = str(conf.get("core", "executor", fallback="LocalExecutor"))
+        remote = [
+            e for e in executors.split(",") if e.strip() and e.strip().split(".")[-1] not in LOCAL_EXECUTORS
+        ]
+        if mapped and self.is_embedded and remote:
+            raise ValueError(
+                f"{where}: mapped tuning tasks under {executors} may run on other machines, which cannot share "
+                f"the default SQLite study {self.display}; give storage_conn_id (PostgreSQL)."
+            )
 
     def _url_from_connection(self) -> str:
         conn = self.get_connection(str(self.storage_conn_id))

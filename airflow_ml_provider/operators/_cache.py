@@ -80,23 +80,12 @@ class StepCacheMixin:
 
     def replay_cached(self, context: Context, run: TaskRun, key: str, hit: CacheHit) -> Any:
         """Tag this task's run as a hit, say so in the log, and return the cached XCom value."""
-        from airflow_ml_provider.vocabulary import (
-            TAG_CACHE_HIT,
-            TAG_CACHE_KEY_REUSED,
-            TAG_CACHE_SOURCE_RUN_ID,
-            TAG_CACHE_SOURCE_URL,
-            XCOM_CACHE_SOURCE_URL,
-        )
+        from airflow_ml_provider.cache import record_hit
+        from airflow_ml_provider.vocabulary import XCOM_CACHE_SOURCE_URL
 
-        tags = {TAG_CACHE_HIT: "true", TAG_CACHE_SOURCE_RUN_ID: hit.run_id, TAG_CACHE_KEY_REUSED: key}
-        if hit.url:
-            tags[TAG_CACHE_SOURCE_URL] = hit.url
-            # The report links (extra links) open the source run, where the reports are.
+        record_hit(run, key, hit)
+        if hit.url:  # the report links (extra links) open the source run, where the reports are
             context["ti"].xcom_push(key=XCOM_CACHE_SOURCE_URL, value=hit.url)
-        run.set_tags(tags)
-        if hit.metrics:
-            run.log_metrics(hit.metrics)
-        run.flush()
         self.log.info(
             "Cache hit: the same inputs were processed by MLflow run %s%s; reusing its result instead of "
             "running the step (key %s). Set cache=False on task %r to run it again.",

@@ -1,21 +1,7 @@
 """
-Where a step runs, one vocabulary for every operator: ``placement`` and ``workers``.
-
-========================  ==========  ==========================================================
-``placement``             ``workers``  what runs
-========================  ==========  ==========================================================
-``"worker"``              1           the step in the Airflow worker's own process
-``"interpreter"``         1           ``python -m airflow_ml_provider.ml <step>`` in another
-                                      interpreter on the worker (the step environment)
-``"interpreter"``         N           a gang of N such processes (training, tuning)
-``"pod"``                 1           one Kubernetes pod (a Job of one completion)
-``"pod"``                 N           a gang of N pods: an Indexed Job + headless Service
-========================  ==========  ==========================================================
-
-Defaults come from the ``[ml_provider]`` section of Airflow's configuration (``default_placement``,
-``step_python``, ``step_image``, ``step_namespace``, ``step_service_account``, ``step_resources``,
-``kubernetes_conn_id``), so a DAG names a placement only where it differs. The pod placements
-defer to one trigger (:class:`~airflow_ml_provider.triggers.training_gang.TrainingGangTrigger`).
+Where a step runs, one vocabulary for every operator: ``placement`` (``worker``, ``interpreter``,
+``pod``) and ``workers`` (a gang of processes or pods, for training and tuning). The "Placements"
+page has the table; defaults come from Airflow's ``[ml_provider]`` configuration section.
 """
 
 from __future__ import annotations
@@ -28,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.configuration import conf
 
-from airflow_ml_provider.ml.training.cluster import MAX_WORKERS
+from airflow_ml_provider.runners.placement import LAUNCHER_NAMES, RUNNER_NAMES
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -39,10 +25,6 @@ if TYPE_CHECKING:
     from airflow_ml_provider.tracking import TaskRun
 
 SECTION = "ml_provider"
-PLACEMENTS = ("worker", "interpreter", "pod")
-# The names of earlier releases: runner= (MLStepOperator and its subclasses), launcher= (gangs).
-RUNNER_NAMES = {"in_process": "worker", "python": "interpreter"}
-LAUNCHER_NAMES = {"local": "interpreter", "kubernetes": "pod"}
 POD_PLACEMENT_TEMPLATE_FIELDS = ("python", "image", "namespace")
 # The keyword arguments of every step operator that say where and how its step runs.
 PLACEMENT_ARGUMENTS = (
@@ -193,29 +175,21 @@ class StepPlacement:
 
     def check_placement(self) -> None:
         """ValueError naming the first bad placement argument."""
+        from airflow_ml_provider.runners.placement import check_placement
+
         where = f"Task {self.task_id!r}"
         if self._given_as is not None and self._given_as[1] not in self._given_as[2]:
             name, value, names = self._given_as
             raise ValueError(f"{where}: {name}={value!r} is not one of {', '.join(names)}.")
-        if self.placement_name not in PLACEMENTS:
-            raise ValueError(
-                f"{where}: placement={self.placement_name!r} is not one of {', '.join(PLACEMENTS)}."
-            )
-        workers = self.workers
-        if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
-            raise ValueError(f"{where}: workers must be an int in 1..{MAX_WORKERS}, got {workers!r}.")
-        if workers > 1 and not self.runs_as_gang:
-            raise ValueError(f"{where}: workers={workers}: this step runs in one process; leave workers=1.")
-        if workers > 1 and self.placement_name == "worker":
-            raise ValueError(
-                f"{where}: workers={workers} needs placement='interpreter' (local processes) or 'pod'; "
-                "placement='worker' runs the step in the worker's own process."
-            )
-        if self.placement_name == "pod" and not self.resolved_image():
-            raise ValueError(
-                f"{where}: {self._placement_argument()} needs image= (this provider and the step's "
-                f"dependencies), or [{SECTION}] step_image in the configuration."
-            )
+        check_placement(
+            where,
+            self.placement_name,
+            self.workers,
+            gang=self.runs_as_gang,
+            image=self.resolved_image(),
+            said=self._placement_argument(),
+            image_hint=f", or [{SECTION}] step_image in the configuration",
+        )
 
     # -- what subclasses say ---------------------------------------------------------------------
 
@@ -252,34 +226,29 @@ class StepPlacement:
 
     def local_environment(self, run: TaskRun) -> dict[str, str]:
         """A child's environment: MLflow's credentials, the DAG folder on ``PYTHONPATH``, the extras."""
+        from airflow_ml_provider.runners.placement import with_pythonpath
+
         env = {**run.hook.settings.child_environment(), **self.step_extras(run), **(self.step_env or {})}
         dag = getattr(self, "dag", None)
-        dag_folder = os.path.dirname(getattr(dag, "fileloc", "") or "") if dag is not None else ""
-        given = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
-        paths = [p for p in (given, dag_folder) if p]
-        if paths:  # the user's module may sit next to the DAG file, as Airflow's workers see it
-            env["PYTHONPATH"] = os.pathsep.join(paths)
-        return env
+        return with_pythonpath(
+            env, os.path.dirname(getattr(dag, "fileloc", "") or "") if dag is not None else ""
+        )
 
     def run_locally(self, run: TaskRun, spec: dict[str, Any]) -> dict[str, Any]:
         """Run the step in this process, in another interpreter, or as a gang of local processes."""
-        from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner
+        from airflow_ml_provider.runners import GangRunner
+        from airflow_ml_provider.runners.placement import local_runner
 
-        placement = self.placement_name
-        if placement == "worker":
-            env = {**self.gang_environments()[0], **self.step_extras(run), **(self.step_env or {})}
-            runner: Any = InProcessRunner(env=env) if env else InProcessRunner()
-        elif self.runs_as_gang:
-            runner = GangRunner(
-                self.gang_environments(),
-                python=self.resolved_python(),
-                timeout=self.step_timeout,
-                env=self.local_environment(run),
-            )
-        else:
-            runner = PythonRunner(
-                python=self.resolved_python(), timeout=self.step_timeout, env=self.local_environment(run)
-            )
+        envs = self.gang_environments()
+        runner = local_runner(
+            self.placement_name,
+            gang=self.runs_as_gang,
+            worker_envs=envs,
+            python=self.resolved_python(),
+            timeout=self.step_timeout,
+            env=self.local_environment(run) if self.placement_name != "worker" else {},
+            in_process_env={**envs[0], **self.step_extras(run), **(self.step_env or {})},
+        )
         self._active = runner
         try:
             if isinstance(runner, GangRunner):
@@ -292,16 +261,14 @@ class StepPlacement:
 
     def pod_settings(self, mlflow: MlflowSettings) -> GangPodSettings:
         """What the step's pods look like, with the MLflow server of ``mlflow`` (no credentials)."""
-        from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
+        from airflow_ml_provider.runners.placement import GangPodSettings, mlflow_pod_env
 
         if not mlflow.is_http:
             raise ValueError(
                 f"Task {self.task_id!r}: the pods cannot reach the MLflow store {mlflow.tracking_uri!r}; "
                 f"give connection {getattr(self, 'mlflow_conn_id', 'mlflow_default')} an http(s) tracking server for {self._placement_argument()}."
             )
-        env = {"MLFLOW_TRACKING_URI": mlflow.tracking_uri, "MLFLOW_REGISTRY_URI": mlflow.registry_uri}
-        if mlflow.insecure_tls:
-            env["MLFLOW_TRACKING_INSECURE_TLS"] = "true"
+        env = mlflow_pod_env(mlflow.tracking_uri, mlflow.registry_uri, mlflow.insecure_tls)
         extra_env, extra_secrets = self.pod_extras()
         deadline = self.step_timeout
         return GangPodSettings(
@@ -334,23 +301,14 @@ class StepPlacement:
         ti = context["ti"]
         return gang_name(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
 
-    def build_job(
-        self, name: str, run: TaskRun, spec: dict[str, Any]
-    ) -> tuple[dict[str, Any], dict[str, Any] | None, GangPodSettings]:
-        """The Job (and, for a gang, the headless Service) that runs the step in pods."""
-        from airflow_ml_provider.runners.kubernetes_objects import headless_service, indexed_job
-
-        settings = self.pod_settings(run.hook.settings)
-        outputs = getattr(self, "artifact_dir", None) if spec.get("output_dir") else None
-        args = ["--mlflow-run", run.run_id, *(["--outputs-artifact-path", outputs] if outputs else [])]
-        job = indexed_job(name, self.step, spec, settings, extra_args=args)
-        service = headless_service(name, settings) if self.runs_as_gang else None
-        return job, service, settings
-
     def run_in_pods(self, context: Context, run: TaskRun, spec: dict[str, Any], cache_key: str | None) -> Any:
         """Start (or reattach to) the step's Job, then defer or wait; the result comes from MLflow."""
+        from airflow_ml_provider.runners.placement import step_job
+
         name = self.job_name(context)
-        job, service, settings = self.build_job(name, run, spec)
+        settings = self.pod_settings(run.hook.settings)
+        outputs = getattr(self, "artifact_dir", None) if spec.get("output_dir") else None
+        job, service = step_job(name, self.step, spec, settings, mlflow_run=run.run_id, outputs=outputs)
         hook = self.job_hook()
         self._pod_job = (name, settings.namespace)
         hook.start_or_reattach(job, service, log=self.log)  # says which it did

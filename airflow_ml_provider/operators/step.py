@@ -14,11 +14,11 @@ from airflow_ml_provider.ml.training.cluster import DEFAULT_PORT
 from airflow_ml_provider.operators._cache import StepCacheMixin
 from airflow_ml_provider.operators._placement import (
     PLACEMENT_ARGUMENTS,
-    PLACEMENTS,
     POD_PLACEMENT_TEMPLATE_FIELDS,
     StepPlacement,
 )
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
+from airflow_ml_provider.runners.placement import PLACEMENTS
 from airflow_ml_provider.vocabulary import ARTIFACT_STEP_SPEC, TAG_PLACEMENT, TAG_STEP
 
 if TYPE_CHECKING:

@@ -16,8 +16,6 @@ from airflow_ml_provider.vocabulary import (
     ARTIFACT_TUNING_DIR,
     ARTIFACT_TUNING_SPEC,
     STEP_TUNE,
-    TAG_BEST_TRIAL,
-    TAG_BEST_TRIAL_RUN_ID,
     TAG_STUDY,
     TAG_TUNING_ROLE,
     TUNING_ROLE_STUDY,
@@ -36,8 +34,6 @@ WORKER_STEP = STEP_TUNE
 SUMMARY_STEP = "tuning_summary"
 ARTIFACT_DIR = ARTIFACT_TUNING_DIR
 XCOM_SUMMARY = XCOM_TUNING_SUMMARY
-# Executors that run every task on this machine: an SQLite study file is shared by their tasks.
-LOCAL_EXECUTORS = ("LocalExecutor", "SequentialExecutor", "DebugExecutor")
 THREAD_ENV = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
@@ -260,24 +256,10 @@ class HyperparameterTuningOperator(MLStepOperator):
         return self._storage_hook
 
     def _check_storage(self) -> None:
-        from airflow.configuration import conf
-
-        hook = self.storage_hook()
-        where = f"Task {self.task_id!r}"
-        if self.placement_name == "pod" and hook.is_sqlite:
-            raise ValueError(
-                f"{where}: pods cannot share the SQLite study {hook.display}; give storage_conn_id (PostgreSQL) "
-                f"and storage_secret for {self._placement_argument()}."
-            )
-        executors = str(conf.get("core", "executor", fallback="LocalExecutor"))
-        remote = [
-            e for e in executors.split(",") if e.strip() and e.strip().split(".")[-1] not in LOCAL_EXECUTORS
-        ]
-        if self.worker_slot is not None and hook.is_embedded and remote:
-            raise ValueError(
-                f"{where}: mapped tuning tasks under {executors} may run on other machines, which cannot share "
-                f"the default SQLite study {hook.display}; give storage_conn_id (PostgreSQL)."
-            )
+        pods = self._placement_argument() if self.placement_name == "pod" else None
+        self.storage_hook().check_shared(
+            f"Task {self.task_id!r}", pods=pods, mapped=self.worker_slot is not None
+        )
 
     def default_study_name(self, context: Context) -> str:
         ti = context["ti"]
@@ -445,56 +427,23 @@ class HyperparameterTuningOperator(MLStepOperator):
         return summary["hyperparameters"]
 
     def _close_left_open(self, run: TaskRun, ended: dict[str, str]) -> None:
-        """
-        Close the trial runs still RUNNING in MLflow although their trial ended: a worker killed
-        at once (SIGKILL, OOM) loses what its MLflow writer still held, often a run's end. They get
-        their state tag and status; intermediate values that were lost stay lost (Optuna has them).
-        """
-        from airflow_ml_provider.ml.tuning.trial_runs import MLFLOW_STATUS, TAG_PARENT, TAG_STATE
+        """Close the trial runs a killed worker left RUNNING although their trial ended."""
+        from airflow_ml_provider.ml.tuning.trial_runs import close_left_open
 
-        if not ended:
-            return
-        open_runs = run.hook.client.search_runs(
-            [run.experiment_id],
-            f"tags.`{TAG_PARENT}` = '{run.run_id}' and attributes.status = 'RUNNING'",
-            max_results=1000,
-        )
-        for child in open_runs:
-            state = ended.get(child.info.run_id)
-            if state is None:
-                continue  # its trial has not ended (a worker of another task may still run it)
-            self.log.warning(
-                "Closing trial run %s (%s), left open by a worker that was killed", child.info.run_id, state
-            )
-            run.hook.log_batch(child.info.run_id, tags={TAG_STATE: state})
-            run.hook.client.set_terminated(child.info.run_id, status=MLFLOW_STATUS[state])
+        close_left_open(run.hook.client, run.experiment_id, run.run_id, ended)
 
     def _record(self, run: TaskRun, summary: dict[str, Any]) -> None:
-        trials, pruning = summary["trials"], summary["pruning"]
-        metrics = {
-            "trials_complete": trials["complete"],
-            "trials_pruned": trials["pruned"],
-            "trials_failed": len(summary["failed_trials"]),
-            "pruning_saved_fraction": pruning["saved_fraction"],
-            "steps_run": pruning["steps_run"],
-        }
-        best = summary["best"]
-        tags: dict[str, Any] = {}
-        if best is not None:
-            metrics[f"best_{summary['metric']}"] = best["value"]
-            tags = {
-                TAG_BEST_TRIAL: best["number"],
-                TAG_BEST_TRIAL_RUN_ID: best["mlflow_run_id"] or "",
-            }
-        run.log_metrics({k: float(v) for k, v in metrics.items() if v is not None})
-        run.set_tags(tags)
-        run.flush()
-        if best is None:
-            return
         from mlflow.exceptions import MlflowException
 
+        from airflow_ml_provider.ml.tuning.summary import mlflow_records
+
+        metrics, tags, params = mlflow_records(summary)
+        run.log_metrics(metrics)
+        run.set_tags(tags)
+        run.flush()
         try:
-            run.hook.log_batch(run.run_id, params={f"best.{k}": v for k, v in best["params"].items()})
+            if params:
+                run.hook.log_batch(run.run_id, params=params)
         except MlflowException as err:
             # A retry that found a better trial: MLflow keeps the first params; the tags and
             # summary.json say what is best now.

@@ -21,7 +21,13 @@ from typing import Any
 from airflow_ml_provider.ml.specs.tuning import TuningSummarySpec
 from airflow_ml_provider.ml.tuning.storage import redact, storage_url
 from airflow_ml_provider.ml.tuning.worker import retried_numbers
-from airflow_ml_provider.vocabulary import TRIAL_ATTR_ERROR, TRIAL_ATTR_RUN_ID, TRIAL_ATTR_STEPS
+from airflow_ml_provider.vocabulary import (
+    TAG_BEST_TRIAL,
+    TAG_BEST_TRIAL_RUN_ID,
+    TRIAL_ATTR_ERROR,
+    TRIAL_ATTR_RUN_ID,
+    TRIAL_ATTR_STEPS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -192,3 +198,21 @@ def summarize(spec: dict[str, Any]) -> dict[str, Any]:
         with open(os.path.join(output_dir, "summary.json"), "w", encoding="utf-8") as handle:
             json.dump(summary, handle, indent=2, sort_keys=True, default=str)
     return summary
+
+
+def mlflow_records(summary: dict[str, Any]) -> tuple[dict[str, float], dict[str, str], dict[str, Any]]:
+    """What a study's summary puts on the tuning task's MLflow run: metrics, tags and the best params."""
+    trials, pruning, best = summary["trials"], summary["pruning"], summary["best"]
+    metrics = {
+        "trials_complete": trials["complete"],
+        "trials_pruned": trials["pruned"],
+        "trials_failed": len(summary["failed_trials"]),
+        "pruning_saved_fraction": pruning["saved_fraction"],
+        "steps_run": pruning["steps_run"],
+    }
+    if best is None:
+        return {k: float(v) for k, v in metrics.items() if v is not None}, {}, {}
+    metrics[f"best_{summary['metric']}"] = best["value"]
+    tags = {TAG_BEST_TRIAL: str(best["number"]), TAG_BEST_TRIAL_RUN_ID: best["mlflow_run_id"] or ""}
+    params = {f"best.{k}": v for k, v in best["params"].items()}
+    return {k: float(v) for k, v in metrics.items() if v is not None}, tags, params

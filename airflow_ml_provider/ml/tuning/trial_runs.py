@@ -303,3 +303,34 @@ class TrialRuns:
         """Close the run of a trial whose worker died: its params (again), FAILED, the reason."""
         self._log_params(run_id, trial.params)
         self.end(run_id, "FAIL", error=reason)
+
+
+def close_left_open(client: Any, experiment_id: str, parent_run_id: str, ended: dict[str, str]) -> list[str]:
+    """
+    Close the trial runs still RUNNING in MLflow although their trial ended: a worker killed at
+    once (SIGKILL, OOM) loses what its MLflow writer still held, often a run's end. They get their
+    state tag and status; intermediate values that were lost stay lost (Optuna has them).
+
+    :param client: an ``MlflowClient``.
+    :param ended: run id -> state (COMPLETE, PRUNED, FAIL) of every trial that ended.
+    :return: the run ids closed.
+    """
+    if not ended:
+        return []
+    open_runs = client.search_runs(
+        [experiment_id],
+        f"tags.`{TAG_PARENT_RUN}` = '{parent_run_id}' and attributes.status = 'RUNNING'",
+        max_results=1000,
+    )
+    closed = []
+    for child in open_runs:
+        state = ended.get(child.info.run_id)
+        if state is None:
+            continue  # its trial has not ended (a worker of another task may still run it)
+        log.warning(
+            "Closing trial run %s (%s), left open by a worker that was killed", child.info.run_id, state
+        )
+        client.set_tag(child.info.run_id, TAG_TRIAL_STATE, state)
+        client.set_terminated(child.info.run_id, status=MLFLOW_STATUS[state])
+        closed.append(child.info.run_id)
+    return closed

@@ -1,0 +1,131 @@
+"""
+Placements: one vocabulary for where any step runs, and what each needs (no Airflow here).
+
+``placement`` is ``"worker"`` (this process), ``"interpreter"`` (``python -m airflow_ml_provider.ml``
+in another interpreter on this machine) or ``"pod"`` (Kubernetes); ``workers`` > 1 makes a gang of
+processes or pods, for the steps that run as one (training, tuning). Operators resolve their
+arguments and configuration into these calls; see the "Placements" page.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow_ml_provider.ml.training.cluster import MAX_WORKERS
+from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner, StepRunner
+from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, headless_service, indexed_job
+
+PLACEMENTS = ("worker", "interpreter", "pod")
+# The names of earlier releases: runner= (a step), launcher= (a gang).
+RUNNER_NAMES = {"in_process": "worker", "python": "interpreter"}
+LAUNCHER_NAMES = {"local": "interpreter", "kubernetes": "pod"}
+
+
+def check_placement(
+    where: str,
+    placement: str,
+    workers: Any,
+    *,
+    gang: bool,
+    image: str | None,
+    said: str,
+    image_hint: str = "",
+) -> None:
+    """
+    ValueError naming the first bad placement argument.
+
+    :param where: who is asking, e.g. ``"Task 'train'"``.
+    :param gang: the step may run as a gang (``workers`` > 1).
+    :param image: the pods' image, for ``placement="pod"``.
+    :param said: how the DAG named the placement, for messages (``placement='pod'``, ``launcher='kubernetes'``).
+    :param image_hint: where else an image may come from, added to the message.
+    """
+    if placement not in PLACEMENTS:
+        raise ValueError(f"{where}: placement={placement!r} is not one of {', '.join(PLACEMENTS)}.")
+    if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
+        raise ValueError(f"{where}: workers must be an int in 1..{MAX_WORKERS}, got {workers!r}.")
+    if workers > 1 and not gang:
+        raise ValueError(f"{where}: workers={workers}: this step runs in one process; leave workers=1.")
+    if workers > 1 and placement == "worker":
+        raise ValueError(
+            f"{where}: workers={workers} needs placement='interpreter' (local processes) or 'pod'; "
+            "placement='worker' runs the step in the worker's own process."
+        )
+    if placement == "pod" and not image:
+        raise ValueError(
+            f"{where}: {said} needs image= (this provider and the step's dependencies){image_hint}."
+        )
+
+
+def local_runner(
+    placement: str,
+    *,
+    gang: bool,
+    worker_envs: Sequence[dict[str, str]],
+    python: str | None,
+    timeout: float | None,
+    env: dict[str, str],
+    in_process_env: dict[str, str],
+) -> StepRunner:
+    """
+    The runner of a local placement: this process, another interpreter, or a gang of processes.
+
+    :param worker_envs: one environment per worker of a gang (its length is the gang size).
+    :param env: the environment of a child process (credentials, ``PYTHONPATH`` ...).
+    :param in_process_env: the variables the step reads from ``os.environ`` when it runs in this
+        process (set while it runs); never credentials.
+    """
+    if placement == "worker":
+        return InProcessRunner(env=in_process_env) if in_process_env else InProcessRunner()
+    if gang:
+        return GangRunner(worker_envs, python=python, timeout=timeout, env=env)
+    return PythonRunner(python=python, timeout=timeout, env=env)
+
+
+def with_pythonpath(env: dict[str, str], folder: str) -> dict[str, str]:
+    """``env`` with ``folder`` (e.g. the DAG file's, where a user's module may sit) on ``PYTHONPATH``."""
+    given = env.get("PYTHONPATH", os.environ.get("PYTHONPATH", ""))
+    paths = [p for p in (given, folder) if p]
+    return {**env, "PYTHONPATH": os.pathsep.join(paths)} if paths else dict(env)
+
+
+def mlflow_pod_env(tracking_uri: str, registry_uri: str, insecure_tls: bool) -> dict[str, str]:
+    """Where the pods log (no credentials: those come from a Secret)."""
+    env = {"MLFLOW_TRACKING_URI": tracking_uri, "MLFLOW_REGISTRY_URI": registry_uri}
+    if insecure_tls:
+        env["MLFLOW_TRACKING_INSECURE_TLS"] = "true"
+    return env
+
+
+def step_job(
+    name: str,
+    step: str,
+    spec: dict[str, Any],
+    settings: GangPodSettings,
+    *,
+    mlflow_run: str,
+    outputs: str | None,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """
+    The Job that runs ``step`` in pods (and, for a gang, its headless Service). The first pod
+    records the result in ``mlflow_run`` and, with ``outputs``, the spec's ``output_dir`` under that
+    artifact path: a pod shares no file with the task.
+    """
+    args = ["--mlflow-run", mlflow_run, *(["--outputs-artifact-path", outputs] if outputs else [])]
+    job = indexed_job(name, step, spec, settings, extra_args=args)
+    return job, headless_service(name, settings) if settings.gang else None
+
+
+__all__ = [
+    "LAUNCHER_NAMES",
+    "PLACEMENTS",
+    "RUNNER_NAMES",
+    "GangPodSettings",
+    "check_placement",
+    "local_runner",
+    "mlflow_pod_env",
+    "step_job",
+    "with_pythonpath",
+]
