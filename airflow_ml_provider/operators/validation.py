@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -174,6 +173,7 @@ class SchemaInferenceOperator(MLStepOperator):
     """
 
     dataset_inputs = ("data_uri",)
+    artifact_dir = ARTIFACT_DIR
 
     template_fields: Sequence[str] = (
         "data_uri",
@@ -199,18 +199,15 @@ class SchemaInferenceOperator(MLStepOperator):
         self.overwrite = overwrite
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
-        spec = {"data_uri": self.data_uri, "schema_uri": self.schema_uri, "overwrite": self.overwrite}
+        spec = {
+            "data_uri": self.data_uri,
+            "schema_uri": self.schema_uri,
+            "overwrite": self.overwrite,
+            "output_dir": self.output_dir(),
+        }
         if self.data_format:
             spec["format"] = self.data_format
         return spec
-
-    def handle_result(
-        self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
-    ) -> Any:
-        super().handle_result(context, run, spec, result)
-        if os.path.isfile(result["schema_uri"]):  # a pod's schema on object storage stays where it is
-            run.log_artifact(result["schema_uri"], ARTIFACT_DIR)
-        return result
 
 
 def fetch_statistics(run: TaskRun, uri: str | None, workdir: str) -> str | None:

@@ -97,7 +97,7 @@ with DAG(
         strategy="multi_worker_mirrored",
         workers=2,
         seed=7,
-        launcher="local",
+        placement="interpreter",
     )
     evaluate = ModelEvaluationOperator(
         task_id="evaluate",

@@ -26,5 +26,9 @@ with DAG(dag_id="step_raises_in_process", schedule=None) as raises_in_process:
 
 with DAG(dag_id="step_raises_in_python", schedule=None) as raises_in_python:
     MLStepOperator(
-        task_id="step", step="echo", spec={"fail_with": "the step broke: 4712"}, runner="python", retries=0
+        task_id="step",
+        step="echo",
+        spec={"fail_with": "the step broke: 4712"},
+        placement="interpreter",
+        retries=0,
     )

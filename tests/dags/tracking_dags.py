@@ -72,7 +72,7 @@ with DAG(
         data_uri="{{ ti.xcom_pull('data')['versions'][1]['uri'] }}",
         schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
         on_anomaly="warn",
-        runner="python",
+        placement="interpreter",
         python=sys.executable,
         step_timeout=300,
     ).set_upstream(versions)
@@ -82,7 +82,9 @@ with DAG("test_secrets_stay_secret", schedule=None, catchup=False, tags=["test"]
 
     # In the worker, and in another interpreter (which gets MLflow's credentials in its environment).
     MLStepOperator(task_id="in_process", step="echo", spec={"payload": 1, "metrics": {"m": 1.0}})
-    MLStepOperator(task_id="child", step="echo", spec={"payload": 2}, runner="python", python=sys.executable)
+    MLStepOperator(
+        task_id="child", step="echo", spec={"payload": 2}, placement="interpreter", python=sys.executable
+    )
 
 
 def _restart_mlflow(context):

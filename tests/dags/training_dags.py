@@ -44,7 +44,7 @@ with DAG(dag_id="training_on_kubernetes", schedule=None) as on_kubernetes:
         completion_marker=None,  # the data is fictitious: the pods are played by the test
         hyperparameters={"epochs": 10, "batch_size": 1024},
         workers=2,
-        launcher="kubernetes",
+        placement="pod",
         image="registry.example.com/ml/churn-trainer:1.4.0",
         namespace="ml",
         container_resources={"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"memory": "8Gi"}},
@@ -64,7 +64,7 @@ with DAG(dag_id="training_on_kubernetes_short_start", schedule=None) as short_st
         train_uri="s3://datasets/churn/version=0007",
         completion_marker=None,  # the data is fictitious: the pods are played by the test
         workers=2,
-        launcher="kubernetes",
+        placement="pod",
         image="registry.example.com/ml/churn-trainer:1.4.0",
         namespace="ml",
         start_timeout=1.0,

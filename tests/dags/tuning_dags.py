@@ -68,7 +68,7 @@ with _dag("tuning_on_kubernetes") as on_kubernetes:
         "tune",
         "quadratic",
         workers=2,
-        launcher="kubernetes",
+        placement="pod",
         image="registry.example.com/ml/tuner:1.0",
         namespace="ml",
         storage_secret="tuning-db",

@@ -142,7 +142,7 @@ def test_schema_inference_operator_stores_and_records_the_schema(
 
 @pytest.mark.slow
 def test_validation_runs_in_another_interpreter(airflow_db, mlflow_conn, mlflow_client, tmp_path, capfd):
-    """runner="python": the step runs in a child interpreter; its log streams into the task log."""
+    """placement="interpreter": the step runs in a child interpreter; its log streams into the task log."""
     from airflow_ml_provider.ml.datagen import generate_dataset
     from airflow_ml_provider.ml.validation import infer_schema
 

@@ -108,6 +108,8 @@ class InferSchemaSpec(StepSpec):
     :param format: ``"csv"``, ``"parquet"`` or null to detect from the extensions.
     :param overwrite: replace an existing schema file (default false: an existing file is an error).
     :param chunk_rows: rows per chunk (default 200,000).
+    :param output_dir: where a copy of the schema goes too (named as ``schema_uri``'s file), for
+        the task's MLflow run; null: nowhere.
     """
 
     step = "infer_schema"
@@ -118,6 +120,7 @@ class InferSchemaSpec(StepSpec):
     format: str | None = None
     overwrite: bool = False
     chunk_rows: int = DEFAULT_CHUNK_ROWS
+    output_dir: str | None = None
 
     @classmethod
     def _values(cls, spec: dict[str, Any]) -> dict[str, Any]:
@@ -128,4 +131,5 @@ class InferSchemaSpec(StepSpec):
             "format": read.data_format(),
             "chunk_rows": _chunk_rows(read),
             "overwrite": read.boolean("overwrite"),
+            "output_dir": read.text("output_dir"),
         }

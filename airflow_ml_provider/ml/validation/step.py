@@ -204,8 +204,13 @@ def infer_schema(spec: dict[str, Any]) -> dict[str, Any]:
         raise ValueError(f"infer_schema: {uri!r} already exists; set 'overwrite': true to replace it.")
     stats, _ = _statistics(settings.data_uri, settings.format, settings.chunk_rows)
     schema = schema_lib.infer_schema_from_stats(stats)
-    write_atomic(uri, text_format.MessageToString(schema).encode("utf-8"))
+    text = text_format.MessageToString(schema).encode("utf-8")
+    write_atomic(uri, text)
     log.info("Wrote the schema of %s (%d features) to %s", settings.data_uri, len(schema.feature), uri)
+    if settings.output_dir:  # a copy for the task's MLflow run (the schema may be on object storage)
+        os.makedirs(settings.output_dir, exist_ok=True)
+        with open(os.path.join(settings.output_dir, uri.rstrip("/").rsplit("/", 1)[-1]), "wb") as handle:
+            handle.write(text)
     return {
         "schema_uri": uri,
         "feature_count": len(schema.feature),

@@ -265,7 +265,7 @@ def test_on_kill_deletes_the_job_and_the_service(kube):
         indexed_job("train-killed", "train_model", {}, settings), headless_service("train-killed", settings)
     )
     operator = DistributedTrainingOperator(
-        task_id="train", run_fn="m:f", train_uri="/d", launcher="kubernetes", image="img:1"
+        task_id="train", run_fn="m:f", train_uri="/d", placement="pod", image="img:1"
     )
     operator._pod_job = ("train-killed", NS)
     operator.on_kill()
