@@ -33,7 +33,7 @@ os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
-from harness import (  # noqa: E402
+from support.harness import (  # noqa: E402
     AUTH_ADMIN_PASSWORD,
     MlflowServer,
     create_database,

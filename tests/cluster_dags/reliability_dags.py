@@ -22,8 +22,8 @@ from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Asset, AssetWatcher
-from model_fixtures import EVAL_CONFIG
 from steps_for_tests import pause_once
+from support.model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator

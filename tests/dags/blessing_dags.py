@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 from airflow.sdk import DAG
-from model_fixtures import EVAL_CONFIG
+from support.model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from airflow.sdk import DAG
-from model_fixtures import EVAL_CONFIG
+from support.model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator

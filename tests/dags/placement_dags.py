@@ -14,7 +14,7 @@ import sys
 from typing import Any
 
 from airflow.sdk import DAG
-from model_fixtures import EVAL_CONFIG
+from support.model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.infra_validation import InfraValidationOperator

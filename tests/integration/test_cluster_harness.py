@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import AirflowCluster
-from harness import DATABASE_URL_ENV, postgres_base_url
+from support.cluster import AirflowCluster
+from support.harness import DATABASE_URL_ENV, postgres_base_url
 
 pytestmark = pytest.mark.slow
 

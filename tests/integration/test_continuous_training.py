@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, log_problems, run_dag, task_states, task_xcom
+from support.harness import load_dag, log_problems, run_dag, task_states, task_xcom
 
 from airflow_ml_provider.ml.datagen import generate_dataset
 
@@ -132,12 +132,12 @@ def test_kubernetes_variant_trains_as_pods_then_evaluates_and_promotes(
 ):
     """
     continuous_training_kubernetes under dag.test(): the operator talks to a fake API server
-    (tests/fake_kubernetes.py); the pods it asks for run for real as local processes with the
-    manifest's command and environment (tests/pod_player.py), train, and log the model that
+    (tests/support/fake_kubernetes.py); the pods it asks for run for real as local processes with the
+    manifest's command and environment (tests/support/pod_player.py), train, and log the model that
     evaluation and promotion then use.
     """
-    from fake_kubernetes import fake_kubernetes_connection
-    from pod_player import PodPlayer
+    from support.fake_kubernetes import fake_kubernetes_connection
+    from support.pod_player import PodPlayer
 
     lake = tmp_path / "lake"
     monkeypatch.setenv("AIRFLOW_ML_EXAMPLE_LAKE", str(lake))  # read when the file is parsed

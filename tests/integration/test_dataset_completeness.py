@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dataset_fixtures import land
-from harness import load_dag, run_dag, task_mlflow_run, task_states
+from support.dataset_fixtures import land
+from support.harness import load_dag, run_dag, task_mlflow_run, task_states
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from harness import load_dag, run_dag, task_states, task_xcom
+from support.harness import load_dag, run_dag, task_states, task_xcom
 
 pytestmark = pytest.mark.integration
 

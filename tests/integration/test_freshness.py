@@ -9,8 +9,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from dataset_fixtures import land
-from harness import load_dag, run_dag
+from support.dataset_fixtures import land
+from support.harness import load_dag, run_dag
 
 pytestmark = pytest.mark.integration
 

@@ -6,7 +6,7 @@ with real TFDV, TensorFlow, Optuna and TFMA against a real mlflow server, on the
 PostgreSQL metadata DB: version 1 is tuned, trained, blessed and promoted; version 2 has an extra
 column whose *name* is an HTML tag and is stopped by validation; a plain DAG logs nothing to
 MLflow (tests/dags/plain_dags.py). Then an api-server starts on that same database with the provider's plugins loaded
-(entry points), the simple auth manager's users and ``tests/lineage_auth.py``, which hides
+(entry points), the simple auth manager's users and ``tests/support/lineage_auth.py``, which hides
 ``continuous_training`` from the user ``outsider``.
 
 The browser test drives Debian's chromium (``/usr/bin/chromium``, installed by ``make setup``)
@@ -28,8 +28,8 @@ from typing import Any
 import pandas as pd
 import pytest
 import requests
-from cluster import AirflowCluster
-from harness import (
+from support.cluster import AirflowCluster
+from support.harness import (
     DATABASE_URL_ENV,
     MlflowServer,
     load_dag,
@@ -122,7 +122,7 @@ def ui(
     passwords.write_text(json.dumps(USERS))
     env = {
         "AIRFLOW_CONN_MLFLOW_DEFAULT": mlflow_server.connection_json(),
-        "AIRFLOW__CORE__AUTH_MANAGER": "lineage_auth.OutsiderAuthManager",
+        "AIRFLOW__CORE__AUTH_MANAGER": "support.lineage_auth.OutsiderAuthManager",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "admin:admin,outsider:viewer",
         "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),

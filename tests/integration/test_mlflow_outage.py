@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import steps_for_tests
-from harness import MlflowServer, load_dag, run_dag, task_states
+from support.harness import MlflowServer, load_dag, run_dag, task_states
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

@@ -28,10 +28,10 @@ from typing import Any
 
 import pytest
 import requests
-from cluster import AirflowCluster
-from harness import DATABASE_URL_ENV, MlflowServer, log_problems, postgres_base_url
-from model_fixtures import churn_version, log_churn_model
 from steps_for_tests import PAUSE_DIR_ENV, pause_marker
+from support.cluster import AirflowCluster
+from support.harness import DATABASE_URL_ENV, MlflowServer, log_problems, postgres_base_url
+from support.model_fixtures import churn_version, log_churn_model
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 
 import pytest
-from harness import AUTH_ADMIN_PASSWORD, load_dag, run_dag
+from support.harness import AUTH_ADMIN_PASSWORD, load_dag, run_dag
 
 pytestmark = pytest.mark.integration
 

@@ -20,9 +20,9 @@ from typing import Any
 
 import pytest
 import requests
-from cluster import AirflowCluster
-from dataset_fixtures import land
-from harness import DATABASE_URL_ENV, MlflowServer, postgres_base_url
+from support.cluster import AirflowCluster
+from support.dataset_fixtures import land
+from support.harness import DATABASE_URL_ENV, MlflowServer, postgres_base_url
 
 pytestmark = pytest.mark.slow
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_mlflow_run, task_xcom
-from model_fixtures import churn_version, log_churn_model
+from support.harness import load_dag, run_dag, task_mlflow_run, task_xcom
+from support.model_fixtures import churn_version, log_churn_model
 
 from airflow_ml_provider.cache import TAG_CACHE_HIT, TAG_CACHE_KEY, TAG_CACHE_SOURCE
 

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_states
+from support.harness import load_dag, run_dag, task_states
 
 pytestmark = pytest.mark.integration
 
@@ -100,7 +100,7 @@ def test_bad_connection_fails_the_task_naming_the_uri_without_the_token(
 ):
     import json
 
-    from harness import free_port
+    from support.harness import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv(

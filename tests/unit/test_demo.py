@@ -6,7 +6,7 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
-from harness import load_script
+from support.harness import load_script
 
 pytestmark = pytest.mark.unit
 

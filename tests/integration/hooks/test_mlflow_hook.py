@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from harness import AUTH_ADMIN_PASSWORD, postgres_base_url, start_task_runs_in_process
+from support.harness import AUTH_ADMIN_PASSWORD, postgres_base_url, start_task_runs_in_process
 
 from airflow_ml_provider.exceptions import MlflowConnectionError
 from airflow_ml_provider.hooks.mlflow import MlflowHook
@@ -30,7 +30,7 @@ def test_connection_to_a_real_server(monkeypatch, mlflow_server):
 
 
 def test_unreachable_server_fails_fast_naming_the_uri(monkeypatch):
-    from harness import free_port
+    from support.harness import free_port
 
     url = f"http://127.0.0.1:{free_port()}"
     hook = _hook(monkeypatch, host=url, password="tok-secret-1", extra={"request_timeout": 2})

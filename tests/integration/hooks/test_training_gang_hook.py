@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
+from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
 
 from airflow_ml_provider.hooks.kubernetes import (
     RBAC_DOC,

@@ -10,8 +10,8 @@ import json
 import uuid
 
 import pytest
-from harness import load_dag, run_dag, task_states, task_xcom
-from model_fixtures import churn_version, log_churn_model
+from support.harness import load_dag, run_dag, task_states, task_xcom
+from support.model_fixtures import churn_version, log_churn_model
 
 pytestmark = pytest.mark.slow
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from harness import load_dag, run_dag
+from support.harness import load_dag, run_dag
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.runners.gang import GangRunner

@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, log_problems, run_dag, task_mlflow_run, task_states, task_xcom
-from model_fixtures import churn_version, log_churn_model
+from support.harness import load_dag, log_problems, run_dag, task_mlflow_run, task_states, task_xcom
+from support.model_fixtures import churn_version, log_churn_model
 
 from airflow_ml_provider.ml.__main__ import STEP_RESULT_ARTIFACT
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, gang_name
@@ -112,7 +112,7 @@ def inputs(tmp_path_factory: pytest.TempPathFactory, mlflow_server: Any) -> dict
 
 @pytest.fixture
 def kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    from fake_kubernetes import fake_kubernetes_connection
+    from support.fake_kubernetes import fake_kubernetes_connection
 
     with fake_kubernetes_connection(monkeypatch) as fake:
         yield fake
@@ -222,7 +222,7 @@ def _check_pods(kube: Any, player: Any, dag_run: Any, run_ids: dict[str, str], t
 def test_every_step_operator_runs_in_the_placement(
     placement, airflow_db, mlflow_conn, mlflow_client, inputs, tmp_path, request, capfd
 ):
-    from pod_player import PodPlayer
+    from support.pod_player import PodPlayer
 
     conf = {**inputs, "schema_uri": str(tmp_path / "schema" / "schema.pbtxt")}
     (tmp_path / "schema").mkdir()

@@ -2,7 +2,7 @@
 DistributedTrainingOperator with the Kubernetes launcher: the whole lifecycle against a fake API server.
 
 The operator talks through the real cncf KubernetesHook and kubernetes client to
-``tests/fake_kubernetes.py``; MLflow is a real server. A simulator thread plays the pods: it waits
+``tests/support/fake_kubernetes.py``; MLflow is a real server. A simulator thread plays the pods: it waits
 for the Job, logs the chief's result to the task's MLflow run (from the spec the pods would get)
 and moves the pods through their phases.
 """
@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
-from harness import load_dag, task_states
+from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
+from support.harness import load_dag, task_states
 
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, gang_name
 

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_states, task_xcom
-from pod_player import pod_command, pod_env
+from support.harness import load_dag, run_dag, task_states, task_xcom
+from support.pod_player import pod_command, pod_env
 
 from airflow_ml_provider.ml.training.cluster import local_cluster
 from airflow_ml_provider.runners.kubernetes_objects import (

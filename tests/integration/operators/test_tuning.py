@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import (
+from support.harness import (
     load_dag,
     run_dag,
     task_states,

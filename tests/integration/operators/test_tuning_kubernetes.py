@@ -18,8 +18,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
-from harness import create_database, drop_database, load_dag, postgres_base_url, sqlalchemy_url, task_states
+from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
+from support.harness import (
+    create_database,
+    drop_database,
+    load_dag,
+    postgres_base_url,
+    sqlalchemy_url,
+    task_states,
+)
 
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, SPEC_DIR, SPEC_FILE, gang_name
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from harness import load_dag, run_dag, task_states, task_xcom
+from support.harness import load_dag, run_dag, task_states, task_xcom
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 

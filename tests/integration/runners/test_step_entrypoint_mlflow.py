@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import MlflowServer, free_port
+from support.harness import MlflowServer, free_port
 
 from airflow_ml_provider.ml.__main__ import STEP_RESULT_ARTIFACT
 

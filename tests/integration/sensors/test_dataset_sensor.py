@@ -6,8 +6,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dataset_fixtures import land
-from harness import load_dag, run_dag, task_states
+from support.dataset_fixtures import land
+from support.harness import load_dag, run_dag, task_states
 
 from airflow_ml_provider.dataset_version import DatasetVersion
 

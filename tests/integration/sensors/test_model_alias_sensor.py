@@ -7,7 +7,7 @@ import uuid
 from typing import Any
 
 import pytest
-from harness import load_dag, run_dag, task_states
+from support.harness import load_dag, run_dag, task_states
 
 from airflow_ml_provider.sensors.model_alias import known_version_key, normalize_version
 

@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cluster import AirflowCluster
-from harness import DATABASE_URL_ENV, MlflowServer, postgres_base_url
+from support.cluster import AirflowCluster
+from support.harness import DATABASE_URL_ENV, MlflowServer, postgres_base_url
 
 from airflow_ml_provider.ml.datagen import generate_dataset
 

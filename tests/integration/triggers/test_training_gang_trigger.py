@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
+from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
 
 from airflow_ml_provider.hooks.kubernetes import TrainingGangHook
 from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, headless_service, indexed_job

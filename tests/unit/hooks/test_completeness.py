@@ -10,7 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from dataset_fixtures import land, register_flaky
+from support.dataset_fixtures import land, register_flaky
 
 from airflow_ml_provider.exceptions import DatasetVersionIncomplete
 from airflow_ml_provider.hooks.completeness import (

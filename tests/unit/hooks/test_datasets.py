@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 
 import pytest
-from dataset_fixtures import complete, land, register_flaky
+from support.dataset_fixtures import complete, land, register_flaky
 
 from airflow_ml_provider.hooks.datasets import (
     DatasetVersion,

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
+from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
 
 from airflow_ml_provider.hooks.kubernetes import (
     MAX_BACKOFF_SECONDS,

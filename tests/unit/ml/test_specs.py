@@ -107,6 +107,7 @@ VALID: dict[str, dict[str, Any]] = {
         "format": "parquet",
         "overwrite": True,
         "chunk_rows": 1000,
+        "output_dir": "/tmp/ml-specs/out",
     },
     "train_model": {
         "run_fn": RUN_FN,

@@ -7,7 +7,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from dataset_fixtures import land
+from support.dataset_fixtures import land
 
 from airflow_ml_provider.exceptions import DatasetVersionIncomplete
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from dataset_fixtures import DictStateStore, complete, land, register_flaky
+from support.dataset_fixtures import DictStateStore, complete, land, register_flaky
 
 from airflow_ml_provider.triggers import dataset as trigger_module
 from airflow_ml_provider.triggers.dataset import DatasetVersionTrigger

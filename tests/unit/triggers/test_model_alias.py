@@ -171,7 +171,7 @@ def test_waits_for_a_missing_model_or_alias_then_fires(mlflow_conn, mlflow_clien
 
 @pytest.mark.integration
 def test_unreachable_server_keeps_polling_with_warnings(monkeypatch, capfd) -> None:
-    from harness import free_port
+    from support.harness import free_port
 
     dead = f"http://127.0.0.1:{free_port()}"
     monkeypatch.setenv(

@@ -441,7 +441,7 @@ def test_slicing_follows_tfma_quirks():
 
 def test_threshold_table_lists_every_threshold_for_people():
     """thresholds.json, which the Airflow UI's lineage view shows (TFMA's own threshold lookup)."""
-    from model_fixtures import EVAL_CONFIG
+    from support.model_fixtures import EVAL_CONFIG
 
     from airflow_ml_provider.ml.evaluation.beam_engine import threshold_table
 

@@ -29,11 +29,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from fake_kubernetes import FakeKubernetes
-
 from airflow_ml_provider.ml.training.cluster import ENV_WORKER_ADDRESSES, local_cluster
 from airflow_ml_provider.operators.step import POD_SCRATCH
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, SPEC_DIR, SPEC_FILE
+from support.fake_kubernetes import FakeKubernetes
 
 LOG_LINES = 50
 # The Kubernetes release whose OpenAPI schema the manifests must satisfy (one kubernetes-validate ships).

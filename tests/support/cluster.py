@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import requests
-from harness import VENV_BIN, create_database, drop_database, free_port, sqlalchemy_url
+
+from support.harness import VENV_BIN, create_database, drop_database, free_port, sqlalchemy_url
 
 T = TypeVar("T")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
