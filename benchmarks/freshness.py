@@ -997,7 +997,7 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("ML_PROVIDER_TEST_DATABASE_URL", DEFAULT_DB)
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     sys.path.insert(0, str(REPO_ROOT))
-    from cluster import AirflowCluster
+    from support.cluster import AirflowCluster
 
     started = time.monotonic()
     log(f"Load average (1/5/15 min) at start: {load_avg()} on {os.cpu_count()} CPUs")

@@ -139,7 +139,7 @@ def timed(fn: Callable[[], int]) -> tuple[float, float, int]:
 def run_benchmark(args: argparse.Namespace, workdir: Path) -> list[CaseResult]:
     sys.path.insert(0, str(REPO_ROOT / "tests"))
     sys.path.insert(0, str(REPO_ROOT))
-    from harness import MlflowServer
+    from support.harness import MlflowServer
 
     server = MlflowServer(workdir / "mlflow", workers=args.workers)
     print(f"Starting mlflow server ({server.backend_store_uri}, {args.workers} workers) ...", flush=True)

@@ -322,7 +322,7 @@ def _plain_run(data: Path, work: Path, storage: str | None) -> dict[str, Any]:
 
 
 def parallel(data: Path, work: Path, storage: str) -> dict[str, Any]:
-    from harness import MlflowServer
+    from support.harness import MlflowServer
 
     os.environ["OMP_NUM_THREADS"] = "1"  # the plain loop runs in this process (NumPy is loaded already)
     server = MlflowServer(work / "mlflow").start()
@@ -373,7 +373,7 @@ def _dataset(root: Path, rows: int) -> Path:
 def _storage(arg: str | None, work: Path) -> tuple[str, Any]:
     if arg:
         return arg, None
-    from harness import create_database, drop_database, postgres_base_url, sqlalchemy_url
+    from support.harness import create_database, drop_database, postgres_base_url, sqlalchemy_url
 
     if postgres_base_url():
         url = create_database("bench_tuning")
