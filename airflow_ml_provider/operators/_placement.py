@@ -101,6 +101,28 @@ class StepPlacement:
     task_id: str
     step: str
     log: Any
+    # The placement arguments (set by _init_placement; see the class docstring).
+    placement: str | None
+    workers: int
+    python: str | None
+    step_env: dict[str, str] | None
+    step_timeout: float | None
+    kubernetes_conn_id: str | None
+    image: str | None
+    namespace: str | None
+    container_resources: dict[str, Any] | None
+    node_selector: dict[str, str] | None
+    tolerations: list[dict[str, Any]] | None
+    service_account: str | None
+    pod_run_as_user: int
+    pod_run_as_group: int
+    labels: dict[str, str] | None
+    image_pull_secrets: list[str] | None
+    mlflow_secret: str | None
+    port: int
+    start_timeout: float
+    poll_interval: float
+    deferrable: bool
 
     def _init_placement(self, settings: dict[str, Any]) -> None:
         """Set the placement arguments (``settings``: the operator's keyword arguments of that name)."""

@@ -199,17 +199,10 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
             return self.run_in_pods(context, run, spec, cache_key)
         return self.run_locally(run, spec)
 
-    def complete_tracked(
-        self,
-        context: Context,
-        run: TaskRun,
-        event: dict[str, Any],
-        spec: dict[str, Any] | None = None,
-        cache_key: str | None = None,
-        state: dict[str, Any] | None = None,
-    ) -> Any:
+    def complete_tracked(self, context: Context, run: TaskRun, event: dict[str, Any], **kwargs: Any) -> Any:
         """Resume after the step's pods ran: collect the result and finish as :meth:`execute_tracked` does."""
-        self.restore_state(state or {})
+        spec, cache_key = kwargs.get("spec"), kwargs.get("cache_key")
+        self.restore_state(kwargs.get("state") or {})
         with self._scratch_dir():
             if spec is None:  # deferred by an earlier release, which passed no spec
                 spec = self.build_spec(context, run)
