@@ -58,6 +58,8 @@ LONGEST_FIRST = (
     "tests/integration/test_reliability_cluster.py",
     "tests/integration/test_lineage_ui.py",
     "tests/integration/test_continuous_training.py",
+    "tests/integration/operators/test_step_placements.py",
+    "tests/integration/test_sensor_outlet_scheduling.py",
     "tests/integration/operators/test_tuning.py",
     "tests/integration/operators/test_blessing.py",
     "tests/integration/test_step_cache.py",

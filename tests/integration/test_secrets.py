@@ -149,12 +149,8 @@ def test_a_password_written_in_the_tracking_uri_is_a_credential_shown_nowhere(
     assert lineage["experiment_url"].startswith(f"http://127.0.0.1:{mlflow_auth_server.port}/#/")
 
     infra = InfraValidationOperator(task_id="infra", model_uri="models:/m/1", data_uri=str(tmp_path))
-    try:
+    with infra._scratch_dir():  # the task's scratch directory, removed after
         shown["infra spec"] = json.dumps(infra.build_spec({}, SimpleNamespace(hook=hook)))  # type: ignore[arg-type]
-    finally:
-        import shutil
-
-        shutil.rmtree(infra._output_dir, ignore_errors=True)
 
     # MLflow down: the lineage view's error names the server, without the password.
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
