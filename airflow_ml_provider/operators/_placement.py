@@ -82,7 +82,7 @@ class StepPlacement:
     :param labels: extra labels on the Job, pods and Service.
     :param image_pull_secrets: names of image pull secrets.
     :param mlflow_secret: a Secret whose keys (``MLFLOW_TRACKING_TOKEN`` ...) become the pods' env.
-    :param port: the port of a gang's collective ops.
+    :param port: the port of a gang's collective ops (default 2222).
     :param start_timeout: seconds for every pod to be running before the Job is failed and removed.
     :param poll_interval: seconds between status checks of the Job.
     :param deferrable: wait for the pods in the triggerer; defaults to ``[operators] default_deferrable``.
@@ -119,7 +119,7 @@ class StepPlacement:
     labels: dict[str, str] | None
     image_pull_secrets: list[str] | None
     mlflow_secret: str | None
-    port: int
+    port: int | None
     start_timeout: float
     poll_interval: float
     deferrable: bool
@@ -283,7 +283,9 @@ class StepPlacement:
 
     def pod_settings(self, mlflow: MlflowSettings) -> GangPodSettings:
         """What the step's pods look like, with the MLflow server of ``mlflow`` (no credentials)."""
-        from airflow_ml_provider.runners.placement import GangPodSettings, mlflow_pod_env
+        from airflow_ml_provider.ml.training.cluster import DEFAULT_PORT
+        from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
+        from airflow_ml_provider.runners.placement import mlflow_pod_env
 
         if not mlflow.is_http:
             raise ValueError(
@@ -297,7 +299,7 @@ class StepPlacement:
             image=str(self.resolved_image()),
             namespace=str(self.namespace or config_default("step_namespace", "default")),
             workers=self.workers,
-            port=self.port,
+            port=self.port or DEFAULT_PORT,
             resources=self.resolved_resources(),
             node_selector=self.node_selector,
             tolerations=self.tolerations,

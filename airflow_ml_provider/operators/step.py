@@ -10,7 +10,6 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow_ml_provider.ml.registry import step_reference
-from airflow_ml_provider.ml.training.cluster import DEFAULT_PORT
 from airflow_ml_provider.operators._cache import StepCacheMixin
 from airflow_ml_provider.operators._placement import (
     PLACEMENT_ARGUMENTS,
@@ -96,7 +95,7 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         labels: dict[str, str] | None = None,
         image_pull_secrets: list[str] | None = None,
         mlflow_secret: str | None = None,
-        port: int = DEFAULT_PORT,
+        port: int | None = None,
         start_timeout: float = 600.0,
         poll_interval: float = 10.0,
         deferrable: bool | None = None,

@@ -7,12 +7,22 @@ operators create a runner and pass in their logger. The pods' manifests are in
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+import importlib
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from airflow_ml_provider.runners._logger import StepLogger
-from airflow_ml_provider.runners.gang import GangRunner
-from airflow_ml_provider.runners.in_process import InProcessRunner
-from airflow_ml_provider.runners.python import PythonRunner
+if TYPE_CHECKING:
+    from airflow_ml_provider.runners._logger import StepLogger
+    from airflow_ml_provider.runners.gang import GangRunner
+    from airflow_ml_provider.runners.in_process import InProcessRunner
+    from airflow_ml_provider.runners.python import PythonRunner
+
+# The runners load when first used, not when a DAG file imports an operator (parse time).
+_LAZY = {
+    "GangRunner": "airflow_ml_provider.runners.gang",
+    "InProcessRunner": "airflow_ml_provider.runners.in_process",
+    "PythonRunner": "airflow_ml_provider.runners.python",
+}
+_KINDS = {"in_process": "InProcessRunner", "python": "PythonRunner"}
 
 __all__ = ["RUNNER_KINDS", "GangRunner", "InProcessRunner", "PythonRunner", "StepRunner", "get_runner"]
 
@@ -32,7 +42,12 @@ class StepRunner(Protocol):
         ...
 
 
-RUNNER_KINDS: dict[str, type[StepRunner]] = {"in_process": InProcessRunner, "python": PythonRunner}
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name == "RUNNER_KINDS":
+        return {kind: __getattr__(cls) for kind, cls in _KINDS.items()}
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def get_runner(kind: str, **kwargs: Any) -> StepRunner:
@@ -44,10 +59,7 @@ def get_runner(kind: str, **kwargs: Any) -> StepRunner:
         ``env``, ``cwd``, ``kill_grace_seconds``).
     :raises ValueError: unknown kind.
     """
-    try:
-        cls = RUNNER_KINDS[kind]
-    except KeyError:
-        raise ValueError(
-            f"Unknown runner {kind!r}: use one of {', '.join(repr(k) for k in RUNNER_KINDS)}."
-        ) from None
+    if kind not in _KINDS:
+        raise ValueError(f"Unknown runner {kind!r}: use one of {', '.join(repr(k) for k in _KINDS)}.")
+    cls: type[StepRunner] = __getattr__(_KINDS[kind])
     return cls(**kwargs)

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from airflow_ml_provider.ml.training.cluster import MAX_WORKERS
-from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner, StepRunner
-from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, headless_service, indexed_job
+if TYPE_CHECKING:  # imported where used: this module is loaded when a DAG file is parsed
+    from airflow_ml_provider.runners import StepRunner
+    from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
 
 PLACEMENTS = ("worker", "interpreter", "pod")
 # The names of earlier releases: runner= (a step), launcher= (a gang).
@@ -42,6 +42,8 @@ def check_placement(
     :param said: how the DAG named the placement, for messages (``placement='pod'``, ``launcher='kubernetes'``).
     :param image_hint: where else an image may come from, added to the message.
     """
+    from airflow_ml_provider.ml.training.cluster import MAX_WORKERS
+
     if placement not in PLACEMENTS:
         raise ValueError(f"{where}: placement={placement!r} is not one of {', '.join(PLACEMENTS)}.")
     if isinstance(workers, bool) or not isinstance(workers, int) or not 1 <= workers <= MAX_WORKERS:
@@ -77,6 +79,8 @@ def local_runner(
     :param in_process_env: the variables the step reads from ``os.environ`` when it runs in this
         process (set while it runs); never credentials.
     """
+    from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner
+
     if placement == "worker":
         return InProcessRunner(env=in_process_env) if in_process_env else InProcessRunner()
     if gang:
@@ -113,6 +117,8 @@ def step_job(
     records the result in ``mlflow_run`` and, with ``outputs``, the spec's ``output_dir`` under that
     artifact path: a pod shares no file with the task.
     """
+    from airflow_ml_provider.runners.kubernetes_objects import headless_service, indexed_job
+
     args = ["--mlflow-run", mlflow_run, *(["--outputs-artifact-path", outputs] if outputs else [])]
     job = indexed_job(name, step, spec, settings, extra_args=args)
     return job, headless_service(name, settings) if settings.gang else None
@@ -122,7 +128,6 @@ __all__ = [
     "LAUNCHER_NAMES",
     "PLACEMENTS",
     "RUNNER_NAMES",
-    "GangPodSettings",
     "check_placement",
     "local_runner",
     "mlflow_pod_env",

@@ -134,3 +134,16 @@ def test_a_single_step_pod_is_a_job_of_one_completion_without_a_gang_service() -
         task_id="t", run_fn="pkg.mod:run_fn", train_uri="/d", placement="pod", image="steps:1", workers=2
     ).pod_settings(SETTINGS)
     assert gang.gang is True
+
+
+def test_a_dag_file_importing_the_operators_loads_no_runner() -> None:
+    """The runners load when a step runs, not when the DAG processor parses a DAG file."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; import airflow_ml_provider.operators.training, airflow_ml_provider.operators.validation; "
+        "print(sorted(m for m in sys.modules if m.startswith('airflow_ml_provider.runners.')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip().splitlines()[-1] == "['airflow_ml_provider.runners.placement']"
