@@ -14,8 +14,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from airflow.configuration import conf
 
-from airflow_ml_provider.runners.placement import LAUNCHER_NAMES, RUNNER_NAMES
-
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -128,8 +126,11 @@ class StepPlacement:
         """Set the placement arguments (``settings``: the operator's keyword arguments of that name)."""
         runner, launcher, worker_env = (settings.pop(k, None) for k in ("runner", "launcher", "worker_env"))
         self._given_as: tuple[str, str, dict[str, str]] | None = None
-        for name, value, names in (("runner", runner, RUNNER_NAMES), ("launcher", launcher, LAUNCHER_NAMES)):
+        for name, value in (("runner", runner), ("launcher", launcher)):
             if value is not None:
+                from airflow_ml_provider.runners import placement as placements
+
+                names = placements.RUNNER_NAMES if name == "runner" else placements.LAUNCHER_NAMES
                 _deprecated(f"{name}={value!r}", f"placement={names.get(value, '...')!r}")
                 self._given_as = (name, value, names)
                 settings["placement"] = settings.get("placement") or names.get(value, value)

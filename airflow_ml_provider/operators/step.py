@@ -17,7 +17,6 @@ from airflow_ml_provider.operators._placement import (
     StepPlacement,
 )
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
-from airflow_ml_provider.runners.placement import PLACEMENTS
 from airflow_ml_provider.vocabulary import ARTIFACT_STEP_SPEC, TAG_PLACEMENT, TAG_STEP
 
 if TYPE_CHECKING:
@@ -262,4 +261,4 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         self.kill_step()
 
 
-__all__ = ["ON_PROBLEM", "PLACEMENTS", "RUNNERS", "MLStepOperator"]
+__all__ = ["ON_PROBLEM", "RUNNERS", "MLStepOperator"]
