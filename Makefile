@@ -6,6 +6,10 @@ UV := .tools/bin/uv
 UV_VERSION := 0.13.9
 VENV := .venv
 SYNC_STAMP := $(VENV)/.synced
+# The tests and the demo start hundreds of Python processes (Airflow components, steps, workers):
+# let them cache bytecode (__pycache__, git-ignored) even where the shell says not to. Measured in CI:
+# pytest 23 min with PYTHONDONTWRITEBYTECODE=1, 13.5 min without.
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: reliability setup browser demo demo-serve test test-fast lint lint-imports typecheck docs dist bench benchmarks clean
 
