@@ -220,23 +220,14 @@ def find_hit(run: TaskRun, key: str, required_artifacts: Iterable[str] = ()) -> 
 
 
 def _read_result(run: TaskRun, source_id: str) -> dict[str, Any] | None:
-    import shutil
-
-    from airflow_ml_provider.ml.scratch import make_scratch_dir
-
-    workdir = make_scratch_dir("ml-cache")
     try:
-        path = run.hook.client.download_artifacts(source_id, ARTIFACT_CACHE_RESULT, workdir)
-        with open(path, encoding="utf-8") as handle:
-            document = json.load(handle)
+        document = run.hook.load_json_artifact(source_id, ARTIFACT_CACHE_RESULT)
         if not isinstance(document, dict) or "result" not in document:
             raise ValueError("no result in it")
         return document
     except Exception as err:
         log.info("Cache: could not read the result of run %s (%s); not reusing it", source_id, err)
         return None
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def record(run: TaskRun, key: str, step: str, result: Any) -> None:

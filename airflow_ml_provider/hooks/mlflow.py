@@ -483,6 +483,20 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
             requests_made += 1
         return requests_made
 
+    def load_json_artifact(self, run_id: str, path: str) -> Any:
+        """A JSON artifact of a run, read through a scratch copy that is removed after."""
+        import shutil
+
+        from airflow_ml_provider.ml.scratch import make_scratch_dir
+
+        workdir = make_scratch_dir("ml-json-artifact")
+        try:
+            local = self.client.download_artifacts(run_id, path, workdir)
+            with open(local, encoding="utf-8") as handle:
+                return json.load(handle)
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+
     def run_url(self, experiment_id: str, run_id: str) -> str | None:
         """Link to a run in the MLflow UI, when the connection has a UI address."""
         base = self.settings.ui_url

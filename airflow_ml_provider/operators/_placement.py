@@ -392,14 +392,4 @@ class StepPlacement:
 
 def download_json(run: TaskRun, artifact: str) -> dict[str, Any]:
     """A JSON artifact of the task's run (what a pod logged there; its own files are gone)."""
-    import shutil
-
-    from airflow_ml_provider.ml.scratch import make_scratch_dir
-
-    workdir = make_scratch_dir("ml-step-result")
-    try:
-        path = run.hook.client.download_artifacts(run.run_id, artifact, workdir)
-        with open(path, encoding="utf-8") as handle:
-            return dict(json.load(handle))
-    finally:
-        shutil.rmtree(workdir, ignore_errors=True)
+    return dict(run.hook.load_json_artifact(run.run_id, artifact))

@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     from airflow_ml_provider.tracking import TaskRun
 
-RUNNERS = ("in_process", "python")
 ON_PROBLEM = ("fail", "skip", "warn")
 # Where a step in a pod writes its outputs (the pod's own disk); they go to MLflow from there.
 POD_SCRATCH = "/tmp/airflow-ml-step"
@@ -153,11 +152,7 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         """Where the step writes the files that go to ``artifact_dir``: this task's scratch directory."""
         if self.placement_name == "pod":
             return f"{POD_SCRATCH}/out"
-        if self._scratch is None:
-            from airflow_ml_provider.ml.scratch import make_scratch_dir
-
-            self._scratch = make_scratch_dir(f"ml-{self.step.replace(':', '-').replace('.', '-')}")
-        return f"{self._scratch}/out"
+        return self.scratch_path("out")
 
     def scratch_path(self, name: str) -> str:
         """A path in this task's scratch directory on the worker (removed when the task ends)."""
@@ -261,4 +256,4 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         self.kill_step()
 
 
-__all__ = ["ON_PROBLEM", "RUNNERS", "MLStepOperator"]
+__all__ = ["ON_PROBLEM", "MLStepOperator"]
