@@ -36,6 +36,13 @@ class StepTimeout(StepFailed):
     """A step ran past its timeout and was killed together with its children."""
 
 
+class StepEnvironmentError(MLProviderError):
+    """
+    The interpreter running a step lacks what the step needs (the TensorFlow stack), or holds another
+    version of this provider than Airflow's environment. The message names the way out.
+    """
+
+
 class MlflowConnectionError(MLProviderError):
     """The MLflow tracking server could not be reached or refused the credentials."""
 

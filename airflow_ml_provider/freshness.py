@@ -20,10 +20,12 @@ tagged with ``dag_id``. Recording never fails a task.
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_ml_provider.vocabulary import FRESHNESS_STAGES, METRIC_FRESHNESS, TAG_FRESHNESS_DECISION
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
 
 if TYPE_CHECKING:
     from airflow_ml_provider.hooks.mlflow import MlflowHook

@@ -151,12 +151,15 @@ def get_provider_info() -> dict[str, Any]:
                 "options": {
                     "default_placement": _option(
                         "Where steps run when a task names no placement: worker, interpreter or pod. Empty: "
-                        "each operator's own default (training and tuning: interpreter; others: worker).",
+                        "interpreter when step_python is set, else each operator's own default "
+                        "(training and tuning: interpreter; others: worker).",
                         "pod",
                     ),
                     "step_python": _option(
-                        "The interpreter of placement='interpreter' (the step environment, with the "
-                        "TensorFlow stack). Empty: the worker's own.",
+                        "The step environment's interpreter (Python 3.11 with the TensorFlow stack: "
+                        "make step-env, or pip install 'airflow-ml-provider[tensorflow,tuning]' in a "
+                        "Python 3.11 virtualenv). Set, it is where every step runs unless a task or "
+                        "default_placement says otherwise. Empty: the worker's own interpreter.",
                         "/opt/ml-steps/bin/python",
                     ),
                     "step_image": _option(

@@ -5,7 +5,11 @@ Run it with ``make demo`` (or ``make demo-serve`` to keep both UIs open afterwar
 - an ``mlflow server``: SQLite store and local artifacts in ``.demo/mlflow``;
 - an embedded Airflow 3: the api-server, scheduler, dag-processor and triggerer, each its own
   process (what ``airflow standalone`` runs), on SQLite in ``.demo/airflow``, LocalExecutor, with
-  the example DAGs of ``dags_examples/`` loaded (paused, except the two the demo uses).
+  the example DAGs of ``dags_examples/`` loaded (paused, except the two the demo uses);
+- in the layout a cluster runs (docs/install.md): Airflow in this interpreter's environment
+  (``make demo``: Python 3.12, pandas and numpy 2 or newer, no TensorFlow), every step in the step
+  environment that ``--step-python`` names (``make demo``: ``.venv-steps``, Python 3.11 with the
+  TensorFlow stack), through the one setting ``[ml_provider] step_python``.
 
 Then it lands three versions of the churn dataset in ``.demo/landing`` and lets Airflow react:
 the asset watcher of ``continuous_training`` starts a DAG run for each, within seconds.
@@ -160,8 +164,11 @@ def mlflow_command(port: int) -> list[str]:
     ]
 
 
-def airflow_env(api_url: str, mlflow_url: str) -> dict[str, str]:
-    """One environment for every Airflow process: SQLite, LocalExecutor, the examples, the demo's MLflow."""
+def airflow_env(api_url: str, mlflow_url: str, step_python: str | None) -> dict[str, str]:
+    """
+    One environment for every Airflow process: SQLite, LocalExecutor, the examples, the demo's
+    MLflow, and the step environment (``step_python``; None: the steps run in Airflow's own).
+    """
     from cryptography.fernet import Fernet
 
     home = STATE / "airflow"
@@ -191,6 +198,7 @@ def airflow_env(api_url: str, mlflow_url: str) -> dict[str, str]:
         "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port(8793)),
         "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port(8794)),
         "AIRFLOW_CONN_MLFLOW_DEFAULT": json.dumps({"conn_type": "mlflow", "host": mlflow_url}),
+        **({"AIRFLOW__ML_PROVIDER__STEP_PYTHON": step_python} if step_python else {}),
         # Read by dags_examples/continuous_training.py when it is parsed.
         "AIRFLOW_ML_EXAMPLE_LANDING": str(STATE / "landing"),
         "AIRFLOW_ML_EXAMPLE_STATE": str(STATE / "pipeline"),
@@ -483,6 +491,35 @@ def _interrupt(signum: int, frame: Any) -> None:
 # -- main -----------------------------------------------------------------------------------
 
 
+def describe_layout(step_python: str | None) -> str:
+    """
+    One line on where Airflow and the steps run, after checking the step environment answers.
+
+    :raises DemoError: ``step_python`` does not run, or cannot import the TensorFlow stack.
+    """
+    import numpy
+    import pandas
+
+    here = f"Python {sys.version.split()[0]}, pandas {pandas.__version__}, numpy {numpy.__version__}"
+    if not step_python:
+        return f"Airflow and the steps: {sys.executable} ({here})"
+    probe = (
+        "import sys, tensorflow_data_validation, tensorflow_model_analysis, pandas; "
+        "print(sys.version.split()[0], pandas.__version__)"
+    )
+    done = subprocess.run([step_python, "-c", probe], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise DemoError(
+            f"the step environment {step_python} cannot import the TensorFlow stack: build it with "
+            f"`make step-env`.\n{done.stderr.strip()[-2000:]}"
+        )
+    version, step_pandas = done.stdout.split()
+    return (
+        f"Airflow: {sys.executable} ({here}); "
+        f"steps: {step_python} (Python {version}, pandas {step_pandas}, the TensorFlow stack)"
+    )
+
+
 def main() -> int:
     os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"  # this process's downloads
     parser = argparse.ArgumentParser(
@@ -491,6 +528,11 @@ def main() -> int:
     parser.add_argument("--serve", action="store_true", help="keep Airflow and MLflow running until Ctrl-C")
     parser.add_argument("--airflow-port", type=int, default=8080, help="default 8080, or a free port")
     parser.add_argument("--mlflow-port", type=int, default=5000, help="default 5000, or a free port")
+    parser.add_argument(
+        "--step-python",
+        help="the step environment's interpreter ([ml_provider] step_python; make demo: .venv-steps). "
+        "Default: the steps run in this interpreter's environment, which then needs the TensorFlow stack",
+    )
     args = parser.parse_args()
 
     if STATE.exists():
@@ -499,11 +541,12 @@ def main() -> int:
     LOGS.mkdir(parents=True)
     api_url = f"http://127.0.0.1:{free_port(args.airflow_port)}"
     mlflow_url = f"http://127.0.0.1:{free_port(args.mlflow_port)}"
-    env = airflow_env(api_url, mlflow_url)
+    env = airflow_env(api_url, mlflow_url, args.step_python and str(Path(args.step_python).absolute()))
     password = login_password()
     procs = Processes()
     signal.signal(signal.SIGTERM, _interrupt)  # stop everything as Ctrl-C does
     try:
+        say(describe_layout(args.step_python))
         say("starting mlflow server (SQLite store, local artifacts) ...")
         mlflow_env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
         procs.start("mlflow", mlflow_command(int(mlflow_url.rsplit(":", 1)[1])), mlflow_env)

@@ -33,6 +33,14 @@ os.environ["AIRFLOW__API_AUTH__JWT_SECRET"] = secrets.token_urlsafe(32)
 os.environ["AIRFLOW__LOGGING__LOGGING_LEVEL"] = "INFO"
 os.environ.pop("MLFLOW_TRACKING_URI", None)
 
+from support.step_env import has_tensorflow_stack, step_python  # noqa: E402
+
+# Airflow's side of the tests runs without TensorFlow, as a cluster does: every operator runs its
+# steps in the step environment, set once in the configuration (docs/install.md).
+_IN_STEP_ENV = has_tensorflow_stack()
+if not _IN_STEP_ENV:
+    os.environ.setdefault("AIRFLOW__ML_PROVIDER__STEP_PYTHON", step_python())
+
 from support.harness import (  # noqa: E402
     AUTH_ADMIN_PASSWORD,
     MlflowServer,
@@ -50,6 +58,11 @@ else:
     os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 
 MARKERS = {"unit", "integration", "slow"}
+
+# The step layer's tests: they import the TensorFlow stack in the test process, so they run in the
+# step environment (`make test`: `.venv-steps/bin/pytest -m steps`). Whole folders, and single tests
+# marked `steps` elsewhere.
+STEP_LAYER = ("tests/unit/ml/", "tests/integration/ml/")
 
 
 # The longest modules, longest first (measured in CI): they start first, so that the parallel
@@ -69,14 +82,30 @@ LONGEST_FIRST = (
 )
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     unmarked = [item.nodeid for item in items if not MARKERS & {m.name for m in item.iter_markers()}]
     if unmarked:
         raise pytest.UsageError(
             "Every test needs a marker (unit, integration or slow); unmarked:\n  " + "\n  ".join(unmarked)
         )
+    for item in items:  # before -m selects
+        if item.nodeid.startswith(STEP_LAYER):
+            item.add_marker(pytest.mark.steps)
     rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    steps = [item.nodeid for item in session.items if item.get_closest_marker("steps")]
+    if steps and not _IN_STEP_ENV:
+        raise pytest.UsageError(
+            f"{len(steps)} selected tests are the step layer's (marked steps) and need the TensorFlow "
+            f"stack, which {sys.executable} lacks: run them in the step environment "
+            "(.venv-steps/bin/pytest -m steps, after make step-env), and these with -m 'not steps'. "
+            f"First: {steps[0]}"
+        )
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:

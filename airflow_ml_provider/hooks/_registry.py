@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import UTC
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.exceptions import PromotionRefused
@@ -29,6 +29,8 @@ from airflow_ml_provider.vocabulary import (
     TAG_REPLACED_VERSION,
     TAG_ROLLED_BACK_AT,
 )
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
 
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion

@@ -20,9 +20,11 @@ import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote, urlsplit
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
 
 log = logging.getLogger(__name__)
 

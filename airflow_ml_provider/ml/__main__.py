@@ -29,6 +29,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from airflow_ml_provider import __version__
+from airflow_ml_provider.exceptions import StepEnvironmentError
+
 # Where --mlflow-run records the step's result in the run's artifacts (the name the launchers import).
 from airflow_ml_provider.vocabulary import ARTIFACT_STEP_RESULT as STEP_RESULT_ARTIFACT
 
@@ -74,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "--mlflow-run",
         metavar="RUN_ID",
         help=f"also record the result in this MLflow run as {STEP_RESULT_ARTIFACT} ({TRACKING_URI_ENV})",
+    )
+    parser.add_argument(
+        "--provider-version",
+        metavar="VERSION",
+        help="the provider version of the Airflow environment that started the step: another "
+        "version here is refused before the step runs",
     )
     parser.add_argument(
         "--outputs-artifact-path",
@@ -160,6 +169,25 @@ def _check_references(step: str, spec: dict[str, Any]) -> None:
     for what, ref, problem in problems:
         if problem:
             raise UsageError(f"{what} {ref!r} does not resolve in {sys.executable}: {problem}.")
+
+
+def _check_provider_version(expected: str | None) -> None:
+    """
+    Refuse to run a step with another provider version than the Airflow environment that started it.
+
+    The spec and result formats belong to one version: a step environment (or step image) left on
+    an older release would misread a newer operator's spec, or answer in a form it cannot read.
+
+    :param expected: ``--provider-version``, the version in Airflow's environment; None: no check.
+    """
+    if expected is None or expected == __version__:
+        return
+    raise UsageError(
+        f"the step environment {sys.executable} holds airflow-ml-provider {__version__}, but Airflow's "
+        f"environment runs {expected}: install the same version in both (in the step environment: "
+        f"pip install 'airflow-ml-provider[tensorflow,tuning]=={expected}', or make step-env in a "
+        f"checkout; for pods, a step image built with {expected})."
+    )
 
 
 def _remove(path: Path) -> None:
@@ -311,6 +339,7 @@ def main(argv: list[str] | None = None) -> int:
 
             sys.stdout.write("".join(f"{name}\n" for name in sorted(BUILTIN_STEPS)))
             return EXIT_OK
+        _check_provider_version(args.provider_version)
         if args.check and args.step and args.spec is not None:
             _check_references(args.step, _read_spec(args.spec))
             return EXIT_OK
@@ -320,8 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USAGE
-    except RecordingFailed as err:
+    except (RecordingFailed, StepEnvironmentError) as err:
         sys.stderr.write(f"error: {err}\n")
+        if args.result is not None:
+            _remove(args.result)
         return EXIT_FAILED
     except Exception as err:
         # One traceback: the step's own error (StepFailed only wraps it for in-process callers).

@@ -17,6 +17,8 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any, Protocol
 
+from airflow_ml_provider import __version__
+from airflow_ml_provider.exceptions import StepEnvironmentError
 from airflow_ml_provider.ml.registry import resolve_step
 
 log = logging.getLogger(__name__)
@@ -213,10 +215,50 @@ def prepare_step(step: str, spec: dict[str, Any]) -> tuple[StepFunction, dict[st
     return resolve_step(step), json_round_trip(spec, step=step, what="spec")
 
 
-def call_step(func: StepFunction, spec: dict[str, Any]) -> Any:
-    """Call a step function with its native stderr logged (:func:`native_stderr_logged`)."""
+# The step environment's packages (the tensorflow extra and what it brings): installable on Python
+# 3.11 only, never in Airflow's environment (docs/install.md).
+TENSORFLOW_STACK = frozenset(
+    {
+        "tensorflow",
+        "tensorflow_data_validation",
+        "tensorflow_model_analysis",
+        "tensorflow_metadata",
+        "tf_keras",
+        "tfx_bsl",
+        "apache_beam",
+    }
+)
+
+
+def missing_stack_message(step: str, module: str) -> str:
+    """What to do when ``step`` cannot import ``module`` (a package of :data:`TENSORFLOW_STACK`) here."""
+    version = ".".join(map(str, sys.version_info[:3]))
+    return (
+        f"Step {step!r} needs {module} (the TensorFlow stack), which {sys.executable} (Python "
+        f"{version}) cannot import. The stack installs on Python 3.11 only, in an environment of its "
+        "own: build it (`make step-env`, or `python3.11 -m venv /opt/ml-steps && /opt/ml-steps/bin/pip "
+        f"install 'airflow-ml-provider[tensorflow,tuning]=={__version__}'`), then set "
+        "[ml_provider] step_python = /opt/ml-steps/bin/python (AIRFLOW__ML_PROVIDER__STEP_PYTHON) so "
+        "that every step runs there, or give the task placement='interpreter', python=..., or "
+        "placement='pod' with the step image. See docs/install.md."
+    )
+
+
+def call_step(func: StepFunction, spec: dict[str, Any], *, step: str = "step") -> Any:
+    """
+    Call a step function with its native stderr logged (:func:`native_stderr_logged`).
+
+    :raises StepEnvironmentError: the step imports a package of the TensorFlow stack this interpreter
+        lacks (the message says how to run it in the step environment).
+    """
     with native_stderr_logged():
-        return func(spec)
+        try:
+            return func(spec)
+        except ModuleNotFoundError as err:
+            top = (err.name or "").partition(".")[0]
+            if top not in TENSORFLOW_STACK:
+                raise
+            raise StepEnvironmentError(missing_stack_message(step, top)) from None
 
 
 def step_result(result: Any, *, step: str) -> dict[str, Any]:
@@ -241,4 +283,4 @@ def execute_step(step: str, spec: dict[str, Any], *, logger: InfoLogger | None =
     """
     func, spec_copy = prepare_step(step, spec)
     (logger or log).info("Running step %s in-process", step)
-    return step_result(call_step(func, spec_copy), step=step)
+    return step_result(call_step(func, spec_copy, step=step), step=step)

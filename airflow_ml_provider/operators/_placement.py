@@ -54,7 +54,8 @@ class StepPlacement:
     The placement arguments every step operator takes, and running the step there.
 
     :param placement: ``"worker"``, ``"interpreter"`` or ``"pod"``; None takes
-        ``[ml_provider] default_placement``, else the operator's own default.
+        ``[ml_provider] default_placement``, else ``"interpreter"`` when ``[ml_provider] step_python``
+        is set, else the operator's own default.
     :param workers: how many processes or pods run the step (templated); above 1 only for the
         steps that run as a gang (training, tuning).
     :param python: the interpreter of ``placement="interpreter"`` (templated); default
@@ -148,8 +149,15 @@ class StepPlacement:
 
     @property
     def placement_name(self) -> str:
-        """The placement after the defaults: the argument, the configuration, the operator's own."""
-        return str(self.placement or config_default("default_placement", self.default_placement))
+        """
+        The placement after the defaults: the argument, ``[ml_provider] default_placement``, then
+        ``interpreter`` when ``[ml_provider] step_python`` names the step environment (one setting
+        moves every step there), else the operator's own.
+        """
+        configured = self.placement or config_default("default_placement")
+        if configured:
+            return str(configured)
+        return "interpreter" if config_default("step_python") else self.default_placement
 
     @property
     def launcher(self) -> str:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC
+from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.links.mlflow import RegisteredModelVersionLink
@@ -32,6 +32,8 @@ from airflow_ml_provider.vocabulary import (
     TAG_VERSION_METRIC_PREFIX,
     TAG_VERSION_RUN_PREFIX,
 )
+
+UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

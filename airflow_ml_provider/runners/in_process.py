@@ -15,7 +15,7 @@ import traceback
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from airflow_ml_provider.exceptions import StepFailed
+from airflow_ml_provider.exceptions import StepEnvironmentError, StepFailed
 from airflow_ml_provider.ml.execute import (
     HARMLESS_NATIVE_LINE,
     as_result_dict,
@@ -101,7 +101,9 @@ class InProcessRunner:
         logger.info("Running step %s in-process", step)
         try:
             with _environment(self.env):
-                result = call_step(func, spec_copy)
+                result = call_step(func, spec_copy, step=step)
+        except StepEnvironmentError:
+            raise  # says what to do in one line; the step never started
         except Exception as err:
             last_lines = traceback.format_exception_only(err)
             failed = StepFailed(

@@ -16,6 +16,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from airflow_ml_provider import __version__
 from airflow_ml_provider.ml.training.cluster import (
     DEFAULT_PORT,
     ENV_JOB_NAME,
@@ -186,6 +187,8 @@ def _container(name: str, step: str, settings: GangPodSettings, extra_args: list
             f"{SPEC_DIR}/{SPEC_FILE}",
             "--result",
             "/tmp/result.json",
+            "--provider-version",
+            __version__,
             *extra_args,
         ],  # fmt: skip
         "env": [{"name": k, "value": str(v)} for k, v in sorted(env.items())],

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+from airflow_ml_provider import __version__
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
 from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
 from airflow_ml_provider.ml.execute import HARMLESS_NATIVE_LINE, json_round_trip
@@ -40,6 +41,9 @@ CHECK_SECONDS = 120.0
 _ERROR_LINE = re.compile(
     r"^(error: |[A-Za-z_][\w.]*(Error|Exception|Exit|Failed|Failure|Interrupt|Timeout)\b)"
 )
+
+# The step entrypoint refuses another provider version than this one (Airflow's environment).
+VERSION_ARGS = ("--provider-version", __version__)
 
 _PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('airflow_ml_provider') else 3)"
 _importable_cache: dict[tuple[str, str, str | None], bool] = {}
@@ -260,7 +264,16 @@ class PythonRunner:
         with scratch_dir("ml-check") as tmp:
             spec_file = Path(tmp, "spec.json")
             spec_file.write_text(json.dumps(spec), encoding="utf-8")
-            cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file), "--check"]
+            cmd = [
+                python,
+                "-m",
+                "airflow_ml_provider.ml",
+                step,
+                "--spec",
+                str(spec_file),
+                "--check",
+                *VERSION_ARGS,
+            ]
             env = self._child_env(python)
             try:
                 done = subprocess.run(
@@ -308,7 +321,7 @@ class PythonRunner:
         with scratch_dir("ml-step") as tmp:
             spec_file, result_file = Path(tmp, "spec.json"), Path(tmp, "result.json")
             spec_file.write_text(json.dumps(spec), encoding="utf-8")
-            cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file)]
+            cmd = [python, "-m", "airflow_ml_provider.ml", step, "--spec", str(spec_file), *VERSION_ARGS]
             self._execute([*cmd, "--result", str(result_file)], step)
             return self._read_result(result_file, step)
 

@@ -138,6 +138,7 @@ eval_configs = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.steps
 @SETTINGS
 @given(config=eval_configs | json_like)
 @example(
@@ -164,6 +165,7 @@ def test_an_eval_config_is_accepted_or_refused_naming_eval_config(config: Any) -
         assert str(err).startswith("eval_config"), str(err)
 
 
+@pytest.mark.steps
 @SETTINGS
 @given(text=st.text(max_size=200))
 def test_an_eval_config_text_is_accepted_or_refused_naming_eval_config(text: str) -> None:
@@ -178,6 +180,7 @@ def test_an_eval_config_text_is_accepted_or_refused_naming_eval_config(text: str
 # -- schema files ---------------------------------------------------------------------------
 
 
+@pytest.mark.steps
 @SETTINGS
 @given(content=st.binary(max_size=300) | st.text(max_size=300).map(str.encode))
 @example(content=b'feature { name: "age" type: INT }')

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from typing_extensions import Self  # typing.Self is Python 3.11+
 
 # Keys the operators add to specs, besides the step's own (where the step declares one of them,
 # its type checks it; elsewhere it is accepted and ignored, also by the strict types).
