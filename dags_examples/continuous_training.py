@@ -100,7 +100,8 @@ churn_champion = Asset("churn_champion")
 # [END howto_asset_continuous_training]
 
 
-# Where the training gang runs: 2 local worker processes (the Airflow worker needs TensorFlow).
+# Where the training gang runs: 2 worker processes on the Airflow worker, in the step environment
+# ([ml_provider] step_python; without it, the worker's own interpreter, which then needs TensorFlow).
 LOCAL_WORKERS: dict[str, Any] = {"placement": "interpreter"}
 
 

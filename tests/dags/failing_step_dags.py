@@ -6,6 +6,7 @@ from airflow.sdk import DAG
 
 from airflow_ml_provider.operators.step import MLStepOperator
 from airflow_ml_provider.operators.training import DistributedTrainingOperator
+from airflow_ml_provider.operators.validation import SchemaInferenceOperator
 
 with DAG(
     dag_id="training_bad_run_fn",
@@ -22,7 +23,9 @@ with DAG(
     )
 
 with DAG(dag_id="step_raises_in_process", schedule=None) as raises_in_process:
-    MLStepOperator(task_id="step", step="echo", spec={"fail_with": "the step broke: 4711"}, retries=0)
+    MLStepOperator(
+        task_id="step", step="echo", spec={"fail_with": "the step broke: 4711"}, placement="worker", retries=0
+    )
 
 with DAG(dag_id="step_raises_in_python", schedule=None) as raises_in_python:
     MLStepOperator(
@@ -30,5 +33,21 @@ with DAG(dag_id="step_raises_in_python", schedule=None) as raises_in_python:
         step="echo",
         spec={"fail_with": "the step broke: 4712"},
         placement="interpreter",
+        retries=0,
+    )
+
+# A TensorFlow step placed in the task's own process: in Airflow's environment (no TensorFlow) it
+# must say where to run it instead.
+with DAG(
+    dag_id="tensorflow_step_on_the_worker",
+    schedule=None,
+    params={"data_uri": "/nonexistent", "schema_uri": "/nonexistent/schema.pbtxt"},
+) as tensorflow_on_worker:
+    SchemaInferenceOperator(
+        task_id="infer_schema",
+        data_uri="{{ params.data_uri }}",
+        schema_uri="{{ params.schema_uri }}",
+        completion_marker=None,
+        placement="worker",
         retries=0,
     )

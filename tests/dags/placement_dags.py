@@ -10,6 +10,7 @@ paths as params.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -27,7 +28,11 @@ PARAMS = {"data_uri": "", "schema_uri": "", "eval_uri": "", "model_uri": ""}
 COMMON: dict[str, Any] = {"cache": False, "retries": 0}
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "worker": {"placement": "worker"},
-    "interpreter": {"placement": "interpreter", "python": sys.executable},
+    # The step environment (tests/conftest.py sets it when this interpreter is Airflow's).
+    "interpreter": {
+        "placement": "interpreter",
+        "python": os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable,
+    },
     # The versions carry a _SUCCESS marker: the default completion_marker check passes for pods too.
     "pod": {
         "placement": "pod",

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import requests
 
 from support.harness import VENV_BIN, create_database, drop_database, free_port, sqlalchemy_url
+from support.step_env import step_python
 
 T = TypeVar("T")
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
@@ -94,6 +95,9 @@ class AirflowCluster:
             # Log servers on free ports, so clusters (and a dev's own Airflow) never collide on 8793/8794.
             "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
             "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
+            # The steps of the cluster's tasks run in the step environment, as on a platform team's
+            # cluster (docs/install.md); the components themselves run in Airflow's.
+            "AIRFLOW__ML_PROVIDER__STEP_PYTHON": step_python(),
         }
         return {**env, **settings, **extra}
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -33,6 +32,7 @@ from airflow_ml_provider.ml.training.cluster import ENV_WORKER_ADDRESSES, local_
 from airflow_ml_provider.operators.step import POD_SCRATCH
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, SPEC_DIR, SPEC_FILE
 from support.fake_kubernetes import FakeKubernetes
+from support.step_env import step_python
 
 LOG_LINES = 50
 # The Kubernetes release whose OpenAPI schema the manifests must satisfy (one kubernetes-validate ships).
@@ -75,10 +75,11 @@ def check_manifest(manifest: dict[str, Any], kind: str) -> None:
 def pod_command(
     container: dict[str, Any], spec_file: Path, result_file: Path, scratch: Path | None = None
 ) -> list[str]:
-    """The container's command as a local process: this Python, a spec file, a result file."""
+    """The container's command as a local process: the step environment's Python (the step image's
+    equivalent here), a spec file, a result file."""
     _python, *rest = container["command"]
     replace = {f"{SPEC_DIR}/{SPEC_FILE}": str(spec_file), POD_RESULT_FILE: str(result_file)}
-    return [sys.executable, *(replace.get(part, _in_scratch(part, scratch)) for part in rest)]
+    return [step_python(), *(replace.get(part, _in_scratch(part, scratch)) for part in rest)]
 
 
 def pod_spec_text(annotation: str, scratch: Path) -> str:

@@ -14,18 +14,24 @@ Real ``dag.test()`` runs (tests/dags/failing_step_dags.py) against the session's
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from support.harness import load_dag, run_dag
+from support.step_env import has_tensorflow_stack
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.runners.gang import GangRunner
 from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, indexed_job
 
 pytestmark = pytest.mark.integration
+
+# Where the operators run their steps: the step environment ([ml_provider] step_python, set by
+# tests/conftest.py in Airflow's environment), else this interpreter.
+STEP_PYTHON = os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable
 
 
 def _task_log(capfd: pytest.CaptureFixture[str], dag_id: str, conf: dict | None = None) -> str:
@@ -48,9 +54,7 @@ def test_a_run_fn_that_does_not_resolve_fails_before_any_worker_starts(
     log = _task_log(capfd, "training_bad_run_fn", {"run_fn": run_fn, "workers": 2})
     said = [line for line in log.splitlines() if "does not resolve" in line]
     assert len(said) == 1, said  # said once
-    assert (
-        f"Step 'train_model' cannot start: run_fn {run_fn!r} does not resolve in {sys.executable}" in said[0]
-    )
+    assert f"Step 'train_model' cannot start: run_fn {run_fn!r} does not resolve in {STEP_PYTHON}" in said[0]
     assert problem in said[0]
     assert log.count("Traceback (most recent call last)") == 1
     assert "[worker" not in log and "[step train_model]" not in log  # no worker ever started
@@ -115,6 +119,25 @@ def test_a_step_failing_in_another_interpreter_shows_its_output_once(airflow_db,
         line for line in log.splitlines() if line.startswith("airflow_ml_provider.exceptions.StepFailed")
     ]
     assert error == (
-        f"airflow_ml_provider.exceptions.StepFailed: Step 'echo' failed in {sys.executable} (exit code 1): "
+        f"airflow_ml_provider.exceptions.StepFailed: Step 'echo' failed in {STEP_PYTHON} (exit code 1): "
         "RuntimeError: the step broke: 4712 (its output is above)"
     )
+
+
+@pytest.mark.skipif(has_tensorflow_stack(), reason="this interpreter has the TensorFlow stack")
+def test_a_tensorflow_step_on_the_worker_of_airflows_environment_says_where_to_run_it(
+    airflow_db, mlflow_conn, capfd, tmp_path
+):
+    data = tmp_path / "data.csv"
+    data.write_text("age,income\n31,5.0\n47,7.5\n")
+    conf = {"data_uri": str(data), "schema_uri": str(tmp_path / "schema.pbtxt")}
+    log = _task_log(capfd, "tensorflow_step_on_the_worker", conf)
+    said = [line for line in log.splitlines() if "(the TensorFlow stack)" in line]
+    assert len(said) == 1, said  # said once
+    assert said[0].startswith(
+        "airflow_ml_provider.exceptions.StepEnvironmentError: Step 'infer_schema' needs "
+    )
+    assert f"{sys.executable} (Python {sys.version.split()[0]}) cannot import" in said[0]
+    assert "make step-env" in said[0] and "[ml_provider] step_python" in said[0]
+    assert log.count("Traceback (most recent call last)") == 1
+    assert not (tmp_path / "schema.pbtxt").exists()

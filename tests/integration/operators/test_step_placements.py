@@ -218,7 +218,11 @@ def _check_pods(kube: Any, player: Any, dag_run: Any, run_ids: dict[str, str], t
         assert not problems, (task, problems)
 
 
-@pytest.mark.parametrize("placement", ["worker", "interpreter", "pod"])
+# The worker placement runs the TensorFlow steps in the task's own process: only an Airflow
+# environment with the stack can (Python 3.11), so that case runs in the step environment (make test:
+# `.venv-steps/bin/pytest -m steps`); in Airflow's, tests/integration/operators/test_failure_logs.py
+# checks that it says where to run them instead.
+@pytest.mark.parametrize("placement", [pytest.param("worker", marks=pytest.mark.steps), "interpreter", "pod"])
 def test_every_step_operator_runs_in_the_placement(
     placement, airflow_db, mlflow_conn, mlflow_client, inputs, tmp_path, request, capfd
 ):

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -27,6 +26,7 @@ from support.harness import (
     sqlalchemy_url,
     task_states,
 )
+from support.step_env import step_python
 
 from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION, SPEC_DIR, SPEC_FILE, gang_name
 
@@ -61,7 +61,7 @@ def _play_pods(
         container = template["spec"]["containers"][0]
         spec_file = workdir / SPEC_FILE
         spec_file.write_text(template["metadata"]["annotations"][SPEC_ANNOTATION])
-        command = [sys.executable if part == "python" else part for part in container["command"]]
+        command = [step_python() if part == "python" else part for part in container["command"]]
         command = [str(spec_file) if part == f"{SPEC_DIR}/{SPEC_FILE}" else part for part in command]
         env = {**os.environ, "PYTHONPATH": DAGS}
         for source in container.get("envFrom", []):

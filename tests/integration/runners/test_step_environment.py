@@ -88,7 +88,8 @@ def test_a_tensorflow_step_in_airflows_interpreter_names_the_step_environment(tm
 @needs_airflow_env
 def test_a_tensorflow_step_placed_on_the_worker_of_airflows_environment_says_the_same(tmp_path: Path) -> None:
     with pytest.raises(
-        StepEnvironmentError, match=r"needs tensorflow_\w+ \(the TensorFlow stack\).*\[ml_provider\] step_python"
+        StepEnvironmentError,
+        match=r"needs tensorflow_\w+ \(the TensorFlow stack\).*\[ml_provider\] step_python",
     ):
         InProcessRunner().run("infer_schema", _schema_spec(tmp_path))
     assert not (tmp_path / "schema.pbtxt").exists()
