@@ -40,6 +40,9 @@ from support.step_env import has_tensorflow_stack, step_python  # noqa: E402
 _IN_STEP_ENV = has_tensorflow_stack()
 if not _IN_STEP_ENV:
     os.environ.setdefault("AIRFLOW__ML_PROVIDER__STEP_PYTHON", step_python())
+# The test steps (steps_for_tests.py, next to this file) resolve in every interpreter a step runs in.
+_TESTS = str(Path(__file__).parent)
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_TESTS, os.environ.get("PYTHONPATH")]))
 
 from support.harness import (  # noqa: E402
     AUTH_ADMIN_PASSWORD,
@@ -71,6 +74,7 @@ LONGEST_FIRST = (
     "tests/integration/test_reliability_cluster.py",
     "tests/integration/test_lineage_ui.py",
     "tests/integration/test_continuous_training.py",
+    "tests/integration/test_continuous_training_cluster.py",
     "tests/integration/operators/test_step_placements.py",
     "tests/integration/test_sensor_outlet_scheduling.py",
     "tests/integration/operators/test_tuning.py",
@@ -79,6 +83,7 @@ LONGEST_FIRST = (
     "tests/integration/operators/test_training_local.py",
     "tests/integration/test_cluster_harness.py",
     "tests/integration/triggers/test_dataset_watcher_cluster.py",
+    "tests/integration/test_install_matrix.py",
 )
 
 

@@ -71,6 +71,35 @@ def pause_once(point: str) -> None:
     raise RuntimeError(f"pause_once({point!r}): nobody killed this process within 600 s")
 
 
+def install_step_pause_points() -> None:
+    """
+    Wrap the two pause points inside steps with ``pause_once``: validation with its artifacts staged
+    but not published, evaluation with its outputs staged. Installed in the step interpreter by
+    tests/cluster_dags/step_site/sitecustomize.py.
+    """
+    from airflow_ml_provider.ml.evaluation import step as evaluation_step
+    from airflow_ml_provider.ml.validation.io import StagedOutput
+
+    if getattr(StagedOutput.commit, "_paused", False):
+        return
+    commit = StagedOutput.commit
+
+    def paused_commit(self: Any, *args: Any, **kwargs: Any) -> None:
+        pause_once("validate")  # everything staged in the hidden folder, nothing published
+        commit(self, *args, **kwargs)
+
+    write_outputs = evaluation_step._write_outputs
+
+    def paused_write_outputs(*args: Any, **kwargs: Any) -> Any:
+        written = write_outputs(*args, **kwargs)
+        pause_once("evaluate")  # outputs written to staging, not yet moved into place
+        return written
+
+    paused_commit._paused = True  # type: ignore[attr-defined]
+    StagedOutput.commit = paused_commit  # type: ignore[method-assign]
+    evaluation_step._write_outputs = paused_write_outputs
+
+
 def pausing_run_fn(ctx: Any) -> Any:
     """The demo ``run_fn``; the chief then pauses once: trained, not yet exported or logged."""
     from airflow_ml_provider.ml.training.demo import run_fn

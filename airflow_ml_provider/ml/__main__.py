@@ -349,7 +349,10 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as err:
         sys.stderr.write(f"error: {err}\n")
         return EXIT_USAGE
-    except (RecordingFailed, StepEnvironmentError) as err:
+    except RecordingFailed as err:  # the result file stays: the step itself succeeded
+        sys.stderr.write(f"error: {err}\n")
+        return EXIT_FAILED
+    except StepEnvironmentError as err:  # the step could not run here: what to do, in one line
         sys.stderr.write(f"error: {err}\n")
         if args.result is not None:
             _remove(args.result)

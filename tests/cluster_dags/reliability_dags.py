@@ -18,6 +18,7 @@ import functools
 import operator
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 from airflow.providers.standard.operators.empty import EmptyOperator
@@ -36,27 +37,15 @@ WATCHED_ASSETS = int(os.environ.get("ML_TEST_WATCHED_ASSETS", "20"))
 
 
 def _install_pause_points() -> None:
-    """Wrap four places of the provider with ``pause_once`` (a no-op outside ``reliability_crash``)."""
+    """
+    Wrap promotion's claim with ``pause_once`` (a no-op outside ``reliability_crash``): promotion
+    runs in the task process. The steps' pause points are installed in their own interpreter
+    (``STEP_SITE``).
+    """
     from airflow_ml_provider.hooks.mlflow import MlflowHook
-    from airflow_ml_provider.ml.evaluation import step as evaluation_step
-    from airflow_ml_provider.ml.validation.io import StagedOutput
 
-    if getattr(StagedOutput.commit, "_paused", False):
+    if getattr(MlflowHook.claim, "_paused", False):
         return
-
-    commit = StagedOutput.commit
-
-    def paused_commit(self: Any, *args: Any, **kwargs: Any) -> None:
-        pause_once("validate")  # everything staged in the hidden folder, nothing published
-        commit(self, *args, **kwargs)
-
-    write_outputs = evaluation_step._write_outputs
-
-    def paused_write_outputs(*args: Any, **kwargs: Any) -> Any:
-        written = write_outputs(*args, **kwargs)
-        pause_once("evaluate")  # outputs written to staging, not yet moved into place
-        return written
-
     claim = MlflowHook.claim
 
     def paused_claim(self: Any, key: str, *args: Any, **kwargs: Any) -> str:
@@ -65,14 +54,16 @@ def _install_pause_points() -> None:
             pause_once("promote")  # version registered, alias move claimed, alias not moved
         return winner
 
-    paused_commit._paused = True  # type: ignore[attr-defined]
-    StagedOutput.commit = paused_commit  # type: ignore[method-assign]
-    evaluation_step._write_outputs = paused_write_outputs
+    paused_claim._paused = True  # type: ignore[attr-defined]
     MlflowHook.claim = paused_claim  # type: ignore[method-assign]
 
 
 _install_pause_points()
 
+# Validation and evaluation run in the step environment ([ml_provider] step_python): their pause
+# points load there, from this folder's sitecustomize.py, first on the steps' PYTHONPATH.
+TESTS = Path(__file__).resolve().parents[1]
+STEP_SITE = {"PYTHONPATH": os.pathsep.join([str(TESTS / "cluster_dags" / "step_site"), str(TESTS)])}
 PIPELINE_PARAMS = {"data_uri": "", "state_root": "", "model_name": ""}
 RETRY = {"retries": 1, "retry_delay": timedelta(seconds=1)}
 
@@ -88,6 +79,7 @@ with DAG(
         data_uri="{{ params.data_uri }}",
         schema_uri="{{ params.state_root }}/schema/schema.pbtxt",
         on_anomaly="fail",
+        step_env=STEP_SITE,
     )
     train = DistributedTrainingOperator(
         task_id="train",
@@ -105,6 +97,7 @@ with DAG(
         data_uri="{{ params.data_uri }}",
         registered_model_name="{{ params.model_name }}",
         eval_config=EVAL_CONFIG,
+        step_env=STEP_SITE,
     )
     promote = PromoteModelOperator(
         task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import sys
 from datetime import timedelta
 
 from airflow.sdk import DAG
@@ -18,6 +20,7 @@ with DAG("test_tracking_retry", schedule=None, catchup=False, tags=["test"]):
         task_id="flaky",
         step="steps_for_tests:fail_once",
         spec={"marker": "{{ dag_run.conf['marker'] }}"},
+        placement="worker",  # the step stops the test's own MLflow server, in this process
         retries=1,
         retry_delay=timedelta(seconds=0),
     )
@@ -53,8 +56,6 @@ with DAG(
     render_template_as_native_obj=True,
     tags=["test"],
 ):
-    import sys
-
     from airflow_ml_provider.operators.validation import DataValidationOperator
 
     versions = MLStepOperator(
@@ -73,15 +74,15 @@ with DAG(
         schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
         on_anomaly="warn",
         placement="interpreter",
-        python=sys.executable,
+        python=os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable,  # the step environment
         step_timeout=300,
     ).set_upstream(versions)
 
 with DAG("test_secrets_stay_secret", schedule=None, catchup=False, tags=["test"]):
-    import sys
-
     # In the worker, and in another interpreter (which gets MLflow's credentials in its environment).
-    MLStepOperator(task_id="in_process", step="echo", spec={"payload": 1, "metrics": {"m": 1.0}})
+    MLStepOperator(
+        task_id="in_process", step="echo", spec={"payload": 1, "metrics": {"m": 1.0}}, placement="worker"
+    )
     MLStepOperator(
         task_id="child", step="echo", spec={"payload": 2}, placement="interpreter", python=sys.executable
     )
@@ -98,6 +99,7 @@ with DAG("test_tracking_outage", schedule=None, catchup=False, tags=["test"]):
         task_id="through_outage",
         step="steps_for_tests:stop_mlflow_once",
         spec={"marker": "{{ dag_run.conf['marker'] }}"},
+        placement="worker",  # the step stops the test's own MLflow server, in this process
         retries=1,
         retry_delay=timedelta(seconds=1),
         on_retry_callback=_restart_mlflow,

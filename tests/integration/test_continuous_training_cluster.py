@@ -78,7 +78,7 @@ def test_a_landed_version_is_validated_trained_blessed_and_promoted_by_a_real_sc
     with AirflowCluster(work / "cluster", dags, env=env) as cluster:
         cluster.start()
         assert cluster.env["AIRFLOW__ML_PROVIDER__STEP_PYTHON"] == step_python()
-        cluster.wait_dag_parsed(DAG_ID, watchers=[WATCHER], timeout=180)
+        cluster.wait_dag_parsed(DAG_ID, timeout=180)  # paused: its watcher starts once it is unpaused
         unpaused = requests.patch(
             f"{cluster.api_url}/api/v2/dags/{DAG_ID}", json={"is_paused": False}, timeout=30
         )

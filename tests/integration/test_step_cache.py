@@ -201,6 +201,10 @@ VERSION = "%s"
 def test_a_changed_user_code_file_misses(airflow_db, mlflow_conn, mlflow_client, data, tmp_path, monkeypatch):
     module = f"cache_user_step_{uuid.uuid4().hex[:8]}"
     monkeypatch.syspath_prepend(str(tmp_path))
+    # The step runs in the step environment ([ml_provider] step_python): the module must resolve there too.
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join(filter(None, [str(tmp_path), os.environ.get("PYTHONPATH")]))
+    )
     source = tmp_path / f"{module}.py"
     source.write_text(STEP_SOURCE % "one")
     dag = load_dag("cache_custom_step")

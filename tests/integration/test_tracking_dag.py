@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from support.harness import load_dag, run_dag, task_states
+from support.step_env import run_in_step_env
 
 pytestmark = pytest.mark.integration
 
@@ -144,11 +145,12 @@ def test_schema_inference_operator_stores_and_records_the_schema(
 def test_validation_runs_in_another_interpreter(airflow_db, mlflow_conn, mlflow_client, tmp_path, capfd):
     """placement="interpreter": the step runs in a child interpreter; its log streams into the task log."""
     from airflow_ml_provider.ml.datagen import generate_dataset
-    from airflow_ml_provider.ml.validation import infer_schema
 
-    # A curated schema from a clean version; the DAG's version 2 lacks a column.
+    # A curated schema from a clean version (inferred in the step environment, where TFDV is); the
+    # DAG's version 2 lacks a column.
     clean = generate_dataset({"root": str(tmp_path / "clean"), "rows": 800})
-    infer_schema({"data_uri": clean["versions"][0]["uri"], "schema_uri": str(tmp_path / "schema.pbtxt")})
+    spec = {"data_uri": clean["versions"][0]["uri"], "schema_uri": str(tmp_path / "schema.pbtxt")}
+    run_in_step_env(f"from airflow_ml_provider.ml.validation import infer_schema; infer_schema({spec!r})")
     dag_id = "test_validation_in_another_python"
     dag_run = run_dag(load_dag(dag_id), conf={"root": str(tmp_path)})
 

@@ -38,3 +38,22 @@ def step_python() -> str:
     if has_tensorflow_stack():
         return sys.executable
     return str(STEP_VENV / "bin" / "python")
+
+
+def run_in_step_env(script: str, env: dict[str, str] | None = None, timeout: float = 300) -> str:
+    """
+    Run a Python script in the step environment (a model's TensorFlow flavour loads only there, as
+    in a serving environment) and return what it printed; its stderr in the error when it fails.
+    """
+    import subprocess
+
+    done = subprocess.run(
+        [step_python(), "-c", script],
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done.stdout

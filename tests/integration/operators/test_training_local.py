@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from support.harness import load_dag, run_dag, task_states, task_xcom
 from support.pod_player import pod_command, pod_env
+from support.step_env import run_in_step_env
 
 from airflow_ml_provider.ml.training.cluster import local_cluster
 from airflow_ml_provider.runners.kubernetes_objects import (
@@ -82,18 +83,21 @@ def test_workers_open_no_runs_of_their_own(two_worker_run, mlflow_client):
     assert all(r.data.tags.get("airflow.run_id") == dag_run.run_id for r in all_runs)
 
 
-def test_model_loads_with_pyfunc_and_predicts(two_worker_run, mlflow_server, monkeypatch):
-    import mlflow.pyfunc
-    import pandas as pd
-
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.url)
-    model = mlflow.pyfunc.load_model(two_worker_run["train"]["model_uri"])
-    frame = pd.read_csv(Path(two_worker_run["data"]["versions"][0]["uri"]) / "part-00000.csv").head(2000)
-    probabilities = model.predict(frame.drop(columns=["label"]))
-    assert probabilities.shape == (2000,)
-    assert ((probabilities >= 0) & (probabilities <= 1)).all()
-    accuracy = ((probabilities > 0.5) == frame["label"].to_numpy().astype(bool)).mean()
-    assert accuracy >= MIN_ACCURACY
+def test_model_loads_with_pyfunc_and_predicts(two_worker_run, mlflow_server):
+    """Loaded where models are served: an environment with TensorFlow (here the step environment)."""
+    csv = Path(two_worker_run["data"]["versions"][0]["uri"]) / "part-00000.csv"
+    script = f"""
+import json, mlflow.pyfunc, pandas as pd
+model = mlflow.pyfunc.load_model({two_worker_run["train"]["model_uri"]!r})
+frame = pd.read_csv({str(csv)!r}).head(2000)
+p = model.predict(frame.drop(columns=["label"]))
+hits = (p > 0.5) == frame["label"].to_numpy().astype(bool)
+print(json.dumps({{"shape": list(p.shape), "low": float(p.min()), "high": float(p.max()), "accuracy": float(hits.mean())}}))
+"""
+    out = json.loads(run_in_step_env(script, {"MLFLOW_TRACKING_URI": mlflow_server.url}).splitlines()[-1])
+    assert out["shape"] == [2000]
+    assert 0 <= out["low"] and out["high"] <= 1
+    assert out["accuracy"] >= MIN_ACCURACY
 
 
 def test_one_worker_agrees_with_two_workers(two_worker_run, mlflow_conn, tmp_path):

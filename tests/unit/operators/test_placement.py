@@ -66,9 +66,14 @@ def test_gangs_only_for_training_and_tuning_and_never_in_the_worker_process() ->
 
 
 def test_defaults_come_from_the_operator_then_the_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("AIRFLOW__ML_PROVIDER__STEP_PYTHON", raising=False)  # tests/conftest.py sets it
     validate = DataValidationOperator(task_id="v", data_uri="/d")
     train = DistributedTrainingOperator(task_id="t", run_fn="pkg.mod:run_fn", train_uri="/d")
     assert (validate.placement_name, train.placement_name) == ("worker", "interpreter")
+    # The step environment alone: every step goes there (one setting).
+    monkeypatch.setenv("AIRFLOW__ML_PROVIDER__STEP_PYTHON", "/opt/steps/bin/python")
+    assert (validate.placement_name, train.placement_name) == ("interpreter", "interpreter")
+    assert validate.resolved_python() == "/opt/steps/bin/python"
     monkeypatch.setenv("AIRFLOW__ML_PROVIDER__DEFAULT_PLACEMENT", "pod")
     monkeypatch.setenv("AIRFLOW__ML_PROVIDER__STEP_IMAGE", "registry/ml-steps:2")
     monkeypatch.setenv("AIRFLOW__ML_PROVIDER__STEP_NAMESPACE", "ml")
