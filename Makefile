@@ -90,13 +90,15 @@ docs: setup
 # that no long module starts last.
 PYTEST_WORKERS ?= 2
 PYTEST_ARGS := -n $(PYTEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
+# The modules holding tests marked steps (the step layer's folders, and single tests elsewhere).
+STEP_TESTS := tests/unit/ml tests/integration/ml tests/unit/test_hostile_input.py tests/integration/operators/test_step_placements.py
 test: lint lint-imports typecheck docs browser
-	$(STEPS_VENV)/bin/pytest -m steps $(PYTEST_ARGS)
+	$(STEPS_VENV)/bin/pytest -m steps $(PYTEST_ARGS) $(STEP_TESTS)
 	$(VENV)/bin/pytest -m "not steps" $(PYTEST_ARGS)
 
 # The fast subset: unit tests only (no servers, no Airflow DB), about a minute, in both environments.
 test-fast: setup
-	$(STEPS_VENV)/bin/pytest -m "unit and steps" -n $(PYTEST_WORKERS)
+	$(STEPS_VENV)/bin/pytest -m "unit and steps" -n $(PYTEST_WORKERS) $(STEP_TESTS)
 	$(VENV)/bin/pytest -m "unit and not steps" -n $(PYTEST_WORKERS)
 
 # The wheel and the constraints the images install with (docker/README.md).
