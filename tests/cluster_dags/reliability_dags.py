@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import steps_for_tests
 from airflow.providers.standard.operators.empty import EmptyOperator
 from airflow.sdk import DAG, Asset, AssetWatcher
 from steps_for_tests import pause_once
@@ -62,7 +63,8 @@ _install_pause_points()
 
 # Validation and evaluation run in the step environment ([ml_provider] step_python): their pause
 # points load there, from this folder's sitecustomize.py, first on the steps' PYTHONPATH.
-TESTS = Path(__file__).resolve().parents[1]
+# (The test copies this file elsewhere: the tests folder is where steps_for_tests is.)
+TESTS = Path(steps_for_tests.__file__).resolve().parent
 STEP_SITE = {"PYTHONPATH": os.pathsep.join([str(TESTS / "cluster_dags" / "step_site"), str(TESTS)])}
 PIPELINE_PARAMS = {"data_uri": "", "state_root": "", "model_name": ""}
 RETRY = {"retries": 1, "retry_delay": timedelta(seconds=1)}
