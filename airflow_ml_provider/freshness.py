@@ -25,8 +25,6 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from airflow_ml_provider.vocabulary import FRESHNESS_STAGES, METRIC_FRESHNESS, TAG_FRESHNESS_DECISION
 
-UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
-
 if TYPE_CHECKING:
     from airflow_ml_provider.hooks.mlflow import MlflowHook
 
@@ -50,14 +48,14 @@ _FROM_SOURCE: dict[tuple[str, str, str], tuple[str | None, str]] = {}
 
 def _parse(value: Any) -> datetime | None:
     if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return value if value.tzinfo else value.replace(tzinfo=timezone.utc)
     if not value:
         return None
     try:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         return None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def version_completed_at(context: Any) -> datetime | None:
@@ -111,7 +109,7 @@ def record(
         completed = version_completed_at(context)
         if completed is None:
             return None
-        seconds = max(0.0, ((at or datetime.now(UTC)) - completed).total_seconds())
+        seconds = max(0.0, ((at or datetime.now(timezone.utc)) - completed).total_seconds())
         stages = [stage] + (["decided"] if decision and stage != "decided" else [])
         metrics = {METRIC_FRESHNESS.format(stage=s): seconds for s in stages}
         tags = {TAG_FRESHNESS_DECISION: decision} if decision else {}

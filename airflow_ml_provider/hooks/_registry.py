@@ -30,8 +30,6 @@ from airflow_ml_provider.vocabulary import (
     TAG_ROLLED_BACK_AT,
 )
 
-UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
-
 if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
@@ -284,7 +282,7 @@ class ModelRegistryMixin:
             previous_alias=previous_alias,
         )
         if current is not None:
-            now = datetime.now(UTC).isoformat(timespec="seconds")
+            now = datetime.now(timezone.utc).isoformat(timespec="seconds")
             self.client.set_model_version_tag(model_name, current, TAG_ROLLED_BACK_AT, now)
         return move
 

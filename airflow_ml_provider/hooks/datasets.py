@@ -24,8 +24,6 @@ from datetime import datetime, timezone
 from typing import Any, ClassVar, Protocol
 from urllib.parse import unquote, urlsplit
 
-UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
-
 log = logging.getLogger(__name__)
 
 ORDERINGS = ("lexical", "numeric", "timestamp")
@@ -38,13 +36,13 @@ _COMPACT_TIMESTAMP = re.compile(r"^\d{8}(T?\d{4,6})?Z?$")
 
 
 def utc_now() -> str:
-    return datetime.now(UTC).isoformat(timespec="milliseconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
 def _iso_from_epoch(seconds: float | None) -> str | None:
     if seconds is None:
         return None
-    return datetime.fromtimestamp(float(seconds), UTC).isoformat(timespec="milliseconds")
+    return datetime.fromtimestamp(float(seconds), timezone.utc).isoformat(timespec="milliseconds")
 
 
 def check_version_name(version: str) -> str | None:
@@ -157,7 +155,7 @@ def _parse_timestamp(text: str) -> datetime:
         digits = text.rstrip("Z").replace("T", "")
         fmt = {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}.get(len(digits))
         if fmt:
-            return datetime.strptime(digits, fmt).replace(tzinfo=UTC)
+            return datetime.strptime(digits, fmt).replace(tzinfo=timezone.utc)
     try:
         # Partition names often replace ':' (e.g. 2026-11-23T18-05-00); fromisoformat wants ':'.
         parsed = datetime.fromisoformat(candidate.replace("Z", "+00:00"))
@@ -166,7 +164,7 @@ def _parse_timestamp(text: str) -> datetime:
         if not m:
             raise ValueError("not a timestamp (ordering='timestamp')") from None
         parsed = datetime.fromisoformat(f"{m[1]}T{m[2]}:{m[3]}:{m[4] or '00'}")
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
 
 
 def _local_root(uri: str) -> str | None:
@@ -475,7 +473,7 @@ class ObjectSource:
         tag, size, mtime = found
         fingerprint = hashlib.sha256(tag.encode()).hexdigest()[:32]
         if mtime is not None:
-            moment = datetime.fromtimestamp(mtime, UTC)
+            moment = datetime.fromtimestamp(mtime, timezone.utc)
             version = moment.strftime("%Y%m%dT%H%M%S.%f")[:-3] + "Z"
         else:
             version = fingerprint[:16]

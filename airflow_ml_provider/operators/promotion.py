@@ -33,8 +33,6 @@ from airflow_ml_provider.vocabulary import (
     TAG_VERSION_RUN_PREFIX,
 )
 
-UTC = timezone.utc  # datetime.UTC is Python 3.11+; Airflow's environment may be 3.10
-
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
@@ -266,7 +264,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
                 self.model_name, version.version, TAG_PROMOTION_REFUSED, str(err)[:5000]
             )
             raise
-        now = datetime.now(UTC).isoformat(timespec="seconds")
+        now = datetime.now(timezone.utc).isoformat(timespec="seconds")
         for key, value in {
             TAG_PROMOTED_AT: now,
             TAG_PROMOTED_TO: self.alias,

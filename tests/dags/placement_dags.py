@@ -10,12 +10,11 @@ paths as params.
 
 from __future__ import annotations
 
-import os
-import sys
 from typing import Any
 
 from airflow.sdk import DAG
 from support.model_fixtures import EVAL_CONFIG
+from support.step_env import step_python
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.infra_validation import InfraValidationOperator
@@ -28,11 +27,7 @@ PARAMS = {"data_uri": "", "schema_uri": "", "eval_uri": "", "model_uri": ""}
 COMMON: dict[str, Any] = {"cache": False, "retries": 0}
 PLACEMENTS: dict[str, dict[str, Any]] = {
     "worker": {"placement": "worker"},
-    # The step environment (tests/conftest.py sets it when this interpreter is Airflow's).
-    "interpreter": {
-        "placement": "interpreter",
-        "python": os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable,
-    },
+    "interpreter": {"placement": "interpreter", "python": step_python()},
     # The versions carry a _SUCCESS marker: the default completion_marker check passes for pods too.
     "pod": {
         "placement": "pod",

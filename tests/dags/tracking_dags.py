@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import timedelta
 
 from airflow.sdk import DAG
+from support.step_env import step_python
 
 from airflow_ml_provider.operators.step import MLStepOperator
 
@@ -74,7 +74,7 @@ with DAG(
         schema_uri="{{ dag_run.conf['root'] }}/schema.pbtxt",
         on_anomaly="warn",
         placement="interpreter",
-        python=os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable,  # the step environment
+        python=step_python(),
         step_timeout=300,
     ).set_upstream(versions)
 

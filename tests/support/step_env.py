@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -45,8 +46,6 @@ def run_in_step_env(script: str, env: dict[str, str] | None = None, timeout: flo
     Run a Python script in the step environment (a model's TensorFlow flavour loads only there, as
     in a serving environment) and return what it printed; its stderr in the error when it fails.
     """
-    import subprocess
-
     done = subprocess.run(
         [step_python(), "-c", script],
         env={**os.environ, **(env or {})},

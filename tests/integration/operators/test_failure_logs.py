@@ -14,14 +14,13 @@ Real ``dag.test()`` runs (tests/dags/failing_step_dags.py) against the session's
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from support.harness import load_dag, run_dag
-from support.step_env import has_tensorflow_stack
+from support.step_env import has_tensorflow_stack, step_python
 
 from airflow_ml_provider.exceptions import StepFailed
 from airflow_ml_provider.runners.gang import GangRunner
@@ -29,9 +28,8 @@ from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings, inde
 
 pytestmark = pytest.mark.integration
 
-# Where the operators run their steps: the step environment ([ml_provider] step_python, set by
-# tests/conftest.py in Airflow's environment), else this interpreter.
-STEP_PYTHON = os.environ.get("AIRFLOW__ML_PROVIDER__STEP_PYTHON") or sys.executable
+# Where the operators run their steps ([ml_provider] step_python, set by tests/conftest.py).
+STEP_PYTHON = step_python()
 
 
 def _task_log(capfd: pytest.CaptureFixture[str], dag_id: str, conf: dict | None = None) -> str:
