@@ -177,6 +177,25 @@ def get_provider_info() -> dict[str, Any]:
                         "The kubernetes connection (cncf provider) of the steps' pods. Empty: kubernetes_default.",
                         "kubernetes_ml",
                     ),
+                    "warm_steps": {
+                        "description": (
+                            "Start the steps of placement='interpreter' (and local gangs) in children of "
+                            "a warm step server per interpreter on each worker: the TensorFlow stack is "
+                            "imported once, each step gets a fresh child in milliseconds instead of a new "
+                            "interpreter's 10-30 s of imports. False: a new interpreter per step."
+                        ),
+                        "version_added": "0.2.0",
+                        "type": "boolean",
+                        "example": "False",
+                        "default": "True",
+                    },
+                    "warm_idle_seconds": {
+                        "description": "A warm step server exits after this many seconds without a step.",
+                        "version_added": "0.2.0",
+                        "type": "integer",
+                        "example": "1800",
+                        "default": "600",
+                    },
                     "lineage_artifact_roots": _option(
                         "Comma-separated artifact roots the ML lineage view may read besides MLflow's "
                         "artifact proxy (mlflow-artifacts:) and the connection's artifact_location.",

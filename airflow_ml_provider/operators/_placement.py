@@ -49,6 +49,14 @@ def config_default(key: str, fallback: Any = None) -> Any:
     return fallback if value in (None, "") else value
 
 
+def warm_settings() -> dict[str, Any]:
+    """The runners' warm-start settings: ``[ml_provider] warm_steps`` and ``warm_idle_seconds``."""
+    return {
+        "warm": conf.getboolean(SECTION, "warm_steps", fallback=True),
+        "warm_idle_seconds": conf.getfloat(SECTION, "warm_idle_seconds", fallback=600.0),
+    }
+
+
 class StepPlacement:
     """
     The placement arguments every step operator takes, and running the step there.
@@ -279,6 +287,7 @@ class StepPlacement:
             timeout=self.step_timeout,
             env=self.local_environment(run) if self.placement_name != "worker" else {},
             in_process_env={**envs[0], **self.step_extras(run), **(self.step_env or {})},
+            **warm_settings(),
         )
         self._active = runner
         try:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.ml.scratch import make_scratch_dir
-from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
+from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS, warm_settings
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import MLStepOperator
 from airflow_ml_provider.vocabulary import (
@@ -406,7 +406,7 @@ class HyperparameterTuningOperator(MLStepOperator):
         workdir = make_scratch_dir("ml-tuning")
         try:
             env = {**self.local_environment(run), STORAGE_ENV: self.storage_hook().url}
-            runner = PythonRunner(python=self.resolved_python(), env=env)
+            runner = PythonRunner(python=self.resolved_python(), env=env, **warm_settings())
             summary = runner.run(SUMMARY_STEP, {**spec, "output_dir": f"{workdir}/out"}, logger=self.log)
             run.log_artifacts(f"{workdir}/out", ARTIFACT_DIR)
         finally:

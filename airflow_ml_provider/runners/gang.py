@@ -49,6 +49,8 @@ class GangRunner:
     :param timeout: seconds after which the whole gang is killed.
     :param env: environment for every worker.
     :param cwd: working directory of the workers.
+    :param warm: start the workers as children of the interpreter's warm step server.
+    :param warm_idle_seconds: a warm server started now exits after this long without a step.
     """
 
     def __init__(
@@ -59,11 +61,20 @@ class GangRunner:
         timeout: float | None = None,
         env: dict[str, str] | None = None,
         cwd: str | None = None,
+        warm: bool = False,
+        warm_idle_seconds: float = 600.0,
     ) -> None:
         if not worker_envs:
             raise ValueError("GangRunner: worker_envs is empty; a gang needs at least one worker.")
         self.runners = [
-            PythonRunner(python=python, timeout=timeout, env={**(env or {}), **worker_env}, cwd=cwd)
+            PythonRunner(
+                python=python,
+                timeout=timeout,
+                env={**(env or {}), **worker_env},
+                cwd=cwd,
+                warm=warm,
+                warm_idle_seconds=warm_idle_seconds,
+            )  # fmt: skip
             for worker_env in worker_envs
         ]
         self._lock = threading.Lock()

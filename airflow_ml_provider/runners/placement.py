@@ -70,6 +70,8 @@ def local_runner(
     timeout: float | None,
     env: dict[str, str],
     in_process_env: dict[str, str],
+    warm: bool = False,
+    warm_idle_seconds: float = 600.0,
 ) -> StepRunner:
     """
     The runner of a local placement: this process, another interpreter, or a gang of processes.
@@ -78,14 +80,25 @@ def local_runner(
     :param env: the environment of a child process (credentials, ``PYTHONPATH`` ...).
     :param in_process_env: the variables the step reads from ``os.environ`` when it runs in this
         process (set while it runs); never credentials.
+    :param warm: start the processes as children of the interpreter's warm step server.
+    :param warm_idle_seconds: a warm server started now exits after this long without a step.
     """
     from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner
 
     if placement == "worker":
         return InProcessRunner(env=in_process_env) if in_process_env else InProcessRunner()
     if gang:
-        return GangRunner(worker_envs, python=python, timeout=timeout, env=env)
-    return PythonRunner(python=python, timeout=timeout, env=env)
+        return GangRunner(
+            worker_envs,
+            python=python,
+            timeout=timeout,
+            env=env,
+            warm=warm,
+            warm_idle_seconds=warm_idle_seconds,
+        )
+    return PythonRunner(
+        python=python, timeout=timeout, env=env, warm=warm, warm_idle_seconds=warm_idle_seconds
+    )
 
 
 def with_pythonpath(env: dict[str, str], folder: str) -> dict[str, str]:

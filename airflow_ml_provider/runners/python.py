@@ -16,7 +16,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from airflow_ml_provider import __version__
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
@@ -24,6 +24,9 @@ from airflow_ml_provider.ml.__main__ import PARENT_PID_ENV
 from airflow_ml_provider.ml.execute import HARMLESS_NATIVE_LINE, json_round_trip
 from airflow_ml_provider.ml.scratch import scratch_dir
 from airflow_ml_provider.runners._logger import StepLogger
+
+if TYPE_CHECKING:
+    from airflow_ml_provider.runners.warm import WarmStep
 
 log = logging.getLogger(__name__)
 
@@ -144,6 +147,18 @@ def _failure(
     return cls(step, message, last_lines=tail, returncode=returncode)
 
 
+def _collect(fd: int, chunks: list[bytes]) -> None:
+    """
+    Read a file descriptor to its end into ``chunks``; runs in a thread.
+
+    :param fd: the read end of a pipe (closed at the end).
+    :param chunks: where the bytes go.
+    """
+    with os.fdopen(fd, "rb") as pipe:
+        for chunk in iter(lambda: pipe.read(65536), b""):
+            chunks.append(chunk)
+
+
 def _pump(pipe: IO[bytes], step: str, logger: StepLogger, lines: collections.deque[str]) -> None:
     """
     Log each line of the child's output as it arrives and keep the last ones; runs in a thread.
@@ -177,6 +192,10 @@ class PythonRunner:
     :param env: environment variables added to (a copy of) this process's environment.
     :param cwd: working directory of the child; defaults to this process's.
     :param kill_grace_seconds: seconds between SIGTERM and SIGKILL when killing the step.
+    :param warm: start the step in a child of the interpreter's warm step server
+        (:mod:`~airflow_ml_provider.ml.warm`: its heavy modules imported once, a fresh child per
+        step); when that cannot work the step starts cold, with a warning saying why.
+    :param warm_idle_seconds: a warm server started by this runner exits after this long idle.
     """
 
     def __init__(
@@ -186,13 +205,19 @@ class PythonRunner:
         env: dict[str, str] | None = None,
         cwd: str | None = None,
         kill_grace_seconds: float = 5.0,
+        *,
+        warm: bool = False,
+        warm_idle_seconds: float = 600.0,
     ) -> None:
         self.python = python or sys.executable
         self.timeout = timeout
         self.env = dict(env or {})
         self.cwd = cwd
         self.kill_grace_seconds = kill_grace_seconds
+        self.warm = warm
+        self.warm_idle_seconds = warm_idle_seconds
         self._proc: subprocess.Popen[bytes] | None = None
+        self._warm_step: WarmStep | None = None
         self._killed = False
         self._logger: StepLogger = log
 
@@ -215,6 +240,30 @@ class PythonRunner:
         if proc is not None:
             self._killed = True
             self._kill_group(proc)
+        warm_step = self._warm_step
+        if warm_step is not None:
+            self._killed = True
+            self._kill_warm(warm_step)
+
+    def _kill_warm(self, warm_step: WarmStep) -> None:
+        """
+        SIGTERM a warm child's process group, then SIGKILL what is left after the grace period.
+
+        :param warm_step: the child (its server reaps it).
+        """
+        pgid = warm_step.pid
+        self._logger.info("Killing the process group %s of the step (SIGTERM)", pgid)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pgid, signal.SIGTERM)
+        deadline = time.monotonic() + self.kill_grace_seconds
+        while time.monotonic() < deadline and _group_alive(pgid):
+            time.sleep(0.1)
+        if _group_alive(pgid):
+            self._logger.warning(
+                "Process group %s outlived SIGTERM by %ss: SIGKILL", pgid, self.kill_grace_seconds
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pgid, signal.SIGKILL)
 
     def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
         """
@@ -274,27 +323,83 @@ class PythonRunner:
                 "--check",
                 *VERSION_ARGS,
             ]
-            env = self._child_env(python)
-            try:
-                done = subprocess.run(
-                    cmd, env=env, cwd=self.cwd, capture_output=True, timeout=CHECK_SECONDS, check=False
-                )
-            except subprocess.TimeoutExpired:
-                self._logger.warning("Step %s: the check of its user code timed out; running it", step)
-                return
-        if done.returncode == 0:
+            done = self._check_warm(cmd, step) if self.warm else None
+            if done is None:
+                try:
+                    cold = subprocess.run(
+                        cmd, env=self._child_env(python), cwd=self.cwd, capture_output=True,
+                        timeout=CHECK_SECONDS, check=False,
+                    )  # fmt: skip
+                except subprocess.TimeoutExpired:
+                    self._logger.warning("Step %s: the check of its user code timed out; running it", step)
+                    return
+                done = (cold.returncode, cold.stdout + cold.stderr)
+        returncode, raw = done
+        if returncode == 0:
             return
-        output = (done.stdout + done.stderr).decode("utf-8", errors="replace").splitlines()
+        output = raw.decode("utf-8", errors="replace").splitlines()
         said = next((line for line in reversed(output) if line.startswith("error: ")), None)
         if said is None:
-            said = "; ".join(output[-3:]) or f"exit code {done.returncode}"
+            said = "; ".join(output[-3:]) or f"exit code {returncode}"
         reason = said.removeprefix("error: ")
         raise StepFailed(
             step,
             f"Step {step!r} cannot start: {reason}",
             last_lines=output[-REPORT_LINES:],
-            returncode=done.returncode,
+            returncode=returncode,
         )
+
+    def _warm_env(self) -> dict[str, str]:
+        """A warm child's environment (its server finds this package; the child learns its parent)."""
+        return {**os.environ, **self.env, "PYTHONUNBUFFERED": "1"}
+
+    def _server_pythonpath(self, python: str) -> str:
+        """``PYTHONPATH`` of the warm server: this package's folder when the interpreter lacks it."""
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return "" if _package_importable(python, env, "/") else PACKAGE_PARENT
+
+    def _start_warm(self, cmd: list[str], step: str) -> WarmStep | None:
+        """
+        Start ``cmd`` in a child of the warm server; None (after a warning) when it cannot.
+
+        :param cmd: the command line; ``cmd[0]`` is the interpreter, ``cmd[3:]`` the arguments.
+        :param step: the step's name.
+        """
+        from airflow_ml_provider.runners.warm import WarmUnavailable, start_step
+
+        try:
+            return start_step(
+                cmd[0], cmd[3:], env=self._warm_env(), cwd=self.cwd,
+                idle_seconds=self.warm_idle_seconds, server_pythonpath=self._server_pythonpath(cmd[0]),
+            )  # fmt: skip
+        except WarmUnavailable as err:
+            self._logger.warning("Step %s starts in a new interpreter (cold): %s", step, err)
+            return None
+
+    def _check_warm(self, cmd: list[str], step: str) -> tuple[int, bytes] | None:
+        """
+        Run a ``--check`` command in a warm child; its exit code and output, or None to run it cold.
+
+        :param cmd: the command line.
+        :param step: the step's name.
+        """
+        warm_step = self._start_warm(cmd, step)
+        if warm_step is None:
+            return None
+        chunks: list[bytes] = []
+        reader = threading.Thread(target=_collect, args=(warm_step.output, chunks), daemon=True)
+        reader.start()
+        try:
+            returncode = warm_step.wait(CHECK_SECONDS)
+        except TimeoutError:
+            self._logger.warning("Step %s: the check of its user code timed out; running it", step)
+            return (0, b"")
+        except ConnectionError:
+            return None
+        finally:
+            warm_step.close()
+        reader.join(DRAIN_SECONDS)
+        return returncode, b"".join(chunks)
 
     def run(
         self, step: str, spec: dict[str, Any], *, logger: StepLogger | None = None, check: bool = True
@@ -332,6 +437,10 @@ class PythonRunner:
         :param cmd: the command line; ``cmd[0]`` is the interpreter.
         :param step: the step's name.
         """
+        warm_step = self._start_warm(cmd, step) if self.warm else None
+        if warm_step is not None:
+            self._execute_warm(warm_step, cmd, step)
+            return
         env = self._child_env(cmd[0])
         self._logger.info("Running step %s with %s", step, cmd[0])
         lines: collections.deque[str] = collections.deque(maxlen=KEEP_LINES)
@@ -367,6 +476,66 @@ class PythonRunner:
             killed = " (killed by PythonRunner.kill())" if self._killed else ""
             what = f"failed in {cmd[0]} ({_describe_exit(returncode)}){killed}"
             raise _failure(StepFailed, step, what, lines, returncode)
+
+    def _execute_warm(self, warm_step: WarmStep, cmd: list[str], step: str) -> None:
+        """
+        Stream a warm child's output and wait for its end (killing it on timeout or interruption).
+
+        :param warm_step: the child.
+        :param cmd: the command line it runs.
+        :param step: the step's name.
+        """
+        self._logger.info(
+            "Running step %s with %s (warm: child %s of its step server)", step, cmd[0], warm_step.pid
+        )
+        lines: collections.deque[str] = collections.deque(maxlen=KEEP_LINES)
+        self._killed = False
+        output = os.fdopen(warm_step.output, "rb")
+        reader = threading.Thread(
+            target=_pump, args=(output, step, self._logger, lines), name=f"step-{step}", daemon=True
+        )
+        reader.start()
+        self._warm_step = warm_step
+        try:
+            returncode = warm_step.wait(self.timeout)
+        except TimeoutError:
+            self._kill_warm(warm_step)
+            self._drain_warm(reader, warm_step)
+            what = (
+                f"ran past its timeout of {self.timeout}s in {cmd[0]} and was killed with its process group"
+            )
+            raise _failure(StepTimeout, step, what, lines, None) from None
+        except ConnectionError as err:
+            self._kill_warm(warm_step)
+            self._drain_warm(reader, warm_step)
+            raise _failure(StepFailed, step, f"lost its process in {cmd[0]}: {err}", lines, None) from None
+        except BaseException:
+            self._kill_warm(warm_step)
+            raise
+        finally:
+            self._warm_step = None
+            warm_step.close()
+        self._drain_warm(reader, warm_step)
+        if returncode != 0:
+            killed = " (killed by PythonRunner.kill())" if self._killed else ""
+            what = f"failed in {cmd[0]} ({_describe_exit(returncode)}){killed}"
+            raise _failure(StepFailed, step, what, lines, returncode)
+
+    def _drain_warm(self, reader: threading.Thread, warm_step: WarmStep) -> None:
+        """
+        Wait until all of a warm child's output is logged; kill what it left that holds the pipe.
+
+        :param reader: the thread that pumps the output.
+        :param warm_step: the child, already ended.
+        """
+        reader.join(DRAIN_SECONDS)
+        if reader.is_alive():
+            self._logger.warning(
+                "Processes left by step (group %s) still hold its output: killing them", warm_step.pid
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(warm_step.pid, signal.SIGKILL)
+            reader.join(DRAIN_SECONDS)
 
     def _drain(self, reader: threading.Thread, proc: subprocess.Popen[bytes]) -> None:
         """
