@@ -44,6 +44,12 @@ if not _IN_STEP_ENV:
 _TESTS = str(Path(__file__).parent)
 os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [_TESTS, os.environ.get("PYTHONPATH")]))
 
+# The warm step servers of this test run, in a folder of its own (pytest-xdist's workers inherit
+# the controller's), stopped at the end of the run instead of idling on after it.
+os.environ.setdefault(
+    "AIRFLOW_ML_WARM_DIR", str(Path(tempfile.gettempdir(), f"airflow-ml-warm-tests-{os.getpid()}"))
+)
+
 from support.harness import (  # noqa: E402
     AUTH_ADMIN_PASSWORD,
     MlflowServer,
@@ -114,6 +120,12 @@ def pytest_collection_finish(session: pytest.Session) -> None:
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if not hasattr(session.config, "workerinput"):  # the controller, or a run without xdist
+        from airflow_ml_provider.runners.warm import stop_servers
+
+        warm = Path(os.environ["AIRFLOW_ML_WARM_DIR"])
+        if warm.is_dir():
+            stop_servers(warm)
     if _AIRFLOW_DB_URL:
         try:
             from airflow import settings

@@ -113,3 +113,65 @@ def pausing_run_fn(ctx: Any) -> Any:
 def succeed(spec: dict[str, Any]) -> dict[str, Any]:
     """A step that does nothing and succeeds."""
     return {"ok": True}
+
+
+# -- the warm step server (tests/integration/runners/test_warm_steps.py) -------------------------
+
+
+def process_facts(spec: dict[str, Any]) -> dict[str, Any]:
+    """What this step's process looks like when it starts: pid, parent, what is loaded, what leaked."""
+    import sys
+
+    facts: dict[str, Any] = {
+        "pid": os.getpid(),
+        "ppid": os.getppid(),
+        "tensorflow_loaded": "tensorflow" in sys.modules,
+        "leaked_env": os.environ.get("ML_WARM_TEST_LEAK"),
+        "leaked_attribute": None,
+        "parent_rss_kb": _rss_kb(os.getppid()),
+    }
+    execute = sys.modules.get("airflow_ml_provider.ml.execute")
+    if execute is not None:
+        facts["leaked_attribute"] = getattr(execute, "_warm_test_leak", None)
+    if "numpy" in sys.modules:
+        facts["numpy_draw"] = float(sys.modules["numpy"].random.random())
+    return facts
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return -1
+
+
+_HELD: list[bytearray] = []
+
+
+def leak_state(spec: dict[str, Any]) -> dict[str, Any]:
+    """Leave state behind: an environment variable, a module attribute and memory that is never freed."""
+    import airflow_ml_provider.ml.execute as execute
+
+    os.environ["ML_WARM_TEST_LEAK"] = "leaked"
+    execute._warm_test_leak = "leaked"  # type: ignore[attr-defined]
+    _HELD.append(bytearray(int(spec.get("megabytes", 300)) * 1024 * 1024))
+    return process_facts(spec)
+
+
+def segfault(spec: dict[str, Any]) -> dict[str, Any]:
+    """Crash the process the way a native library does."""
+    import ctypes
+
+    ctypes.string_at(0)
+    return {}
+
+
+def meet(spec: dict[str, Any]) -> dict[str, Any]:
+    """Leave a marker, then wait for the partner's: both steps must run at the same time to end."""
+    Path(spec["mine"]).write_text(str(os.getpid()))
+    deadline = time.monotonic() + float(spec.get("within", 120))
+    while not Path(spec["partner"]).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the partner step never ran beside this one ({spec['partner']})")
+        time.sleep(0.05)
+    return process_facts(spec)

@@ -117,6 +117,7 @@ class WarmServer:
         self.last_activity = time.monotonic()
         self.base_path: list[str] = []
         self._wake = self._wake_write = -1
+        self._socket_inode = -1
 
     # -- start -------------------------------------------------------------------------------------
 
@@ -127,6 +128,7 @@ class WarmServer:
             os.unlink(self.socket_path)  # left by a server that died; the start lock is ours
         listener.bind(self.socket_path)
         os.chmod(self.socket_path, 0o600)
+        self._socket_inode = os.stat(self.socket_path).st_ino  # a later server's socket is not ours
         listener.listen(64)
         self.listener = listener
 
@@ -146,6 +148,7 @@ class WarmServer:
             except Exception:  # a module that cannot load here is loaded by the step itself
                 log.warning("Could not import %s ahead of the steps", name, exc_info=True)
         self.base_path = sys.path[1:]
+        self.last_activity = time.monotonic()  # idle from now on, not from the start
         self.watched = _watched_files()
         log.info(
             "Warm step server %s (pid %s, Python %s): imported %s in %.1f s",
@@ -199,15 +202,30 @@ class WarmServer:
         for job in self.jobs.values():
             _killpg(job.pid, signal.SIGKILL)
         self._close_listener()
+        with contextlib.suppress(OSError):
+            Path(self.socket_path).with_suffix(".pid").unlink()
         os._exit(0)
 
     def _close_listener(self) -> None:
-        """Stop listening; remove the socket if it is still this server's."""
+        """
+        Stop listening: remove the socket (if still this server's), so that new clients start a new
+        server, then send the clients already queued there to it (``stopping``: they try again).
+        """
         if self.listener is None:
             return
         with contextlib.suppress(OSError):
-            if os.stat(self.socket_path).st_ino == os.fstat(self.listener.fileno()).st_ino:
+            if os.stat(self.socket_path).st_ino == self._socket_inode:
                 os.unlink(self.socket_path)
+        while _pending(self.listener):
+            try:
+                conn, _ = self.listener.accept()
+                _, fds = _receive(conn)
+            except (OSError, ValueError):
+                continue
+            for fd in fds:
+                os.close(fd)
+            _send(conn, {"refused": "stopping"})
+            conn.close()
         self.listener.close()
         self.listener = None
 
@@ -234,11 +252,11 @@ class WarmServer:
     def _start(self, conn: socket.socket, request: dict[str, Any], fds: list[int]) -> None:
         refused = self._refusal(conn, request, fds)
         if refused:
-            _send(conn, {"refused": refused})
-            conn.close()
-            if refused == "stale":
+            if refused == "stale":  # stop listening first: the client's next try starts a new server
                 log.info("Code or libraries changed on disk: no new steps; exiting once none runs")
                 self._close_listener()
+            _send(conn, {"refused": refused})
+            conn.close()
             return
         try:
             pid = os.fork()
@@ -391,6 +409,12 @@ def _run_site_customize(pythonpath: list[str]) -> None:
             return
 
 
+def _pending(listener: socket.socket) -> bool:
+    """Whether a client waits to be accepted."""
+    readable, _, _ = select.select([listener], [], [], 0)
+    return bool(readable)
+
+
 def _pythonpath(env: Any) -> list[str]:
     return [p for p in str(env.get("PYTHONPATH", "")).split(os.pathsep) if p]
 
@@ -466,16 +490,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--detach", action="store_true", help="once listening, go on in a detached child")
     args = parser.parse_args(argv)
     logging.basicConfig(
-        stream=sys.stderr, level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        stream=sys.stderr, level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    log.setLevel(logging.INFO)
     server = WarmServer(args.socket, args.idle_seconds)
     server.bind()
     if args.detach and os.fork() != 0:
         # The socket listens: the starter may connect now. The server lives on as nobody's child,
         # so that the task that started it neither waits for it nor takes it down with it.
         os._exit(0)
-    server.warm_up()
-    return server.serve()
+    pid_file = Path(args.socket).with_suffix(".pid")
+    pid_file.write_text(str(os.getpid()))
+    try:
+        server.warm_up()
+        return server.serve()
+    finally:
+        with contextlib.suppress(OSError):
+            if pid_file.read_text() == str(os.getpid()):
+                pid_file.unlink()
 
 
 if __name__ == "__main__":

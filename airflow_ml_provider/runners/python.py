@@ -50,6 +50,10 @@ VERSION_ARGS = ("--provider-version", __version__)
 
 _PROBE = "import importlib.util, sys; sys.exit(0 if importlib.util.find_spec('airflow_ml_provider') else 3)"
 _importable_cache: dict[tuple[str, str, str | None], bool] = {}
+# When the warm path failed for an interpreter (monotonic time): the steps of the next minute start
+# cold without trying (and saying) it again.
+_warm_failed: dict[tuple[str, str], float] = {}
+WARM_RETRY_SECONDS = 60.0
 
 
 def _check_interpreter(python: str) -> str:
@@ -365,16 +369,23 @@ class PythonRunner:
         :param cmd: the command line; ``cmd[0]`` is the interpreter, ``cmd[3:]`` the arguments.
         :param step: the step's name.
         """
-        from airflow_ml_provider.runners.warm import WarmUnavailable, start_step
+        from airflow_ml_provider.runners.warm import WARM_DIR_ENV, WarmUnavailable, start_step
 
+        key = (cmd[0], os.environ.get(WARM_DIR_ENV, ""))
+        failed_at = _warm_failed.get(key)
+        if failed_at is not None and time.monotonic() - failed_at < WARM_RETRY_SECONDS:
+            return None  # said once already (the check, another worker of the gang)
         try:
-            return start_step(
+            warm_step = start_step(
                 cmd[0], cmd[3:], env=self._warm_env(), cwd=self.cwd,
                 idle_seconds=self.warm_idle_seconds, server_pythonpath=self._server_pythonpath(cmd[0]),
             )  # fmt: skip
         except WarmUnavailable as err:
+            _warm_failed[key] = time.monotonic()
             self._logger.warning("Step %s starts in a new interpreter (cold): %s", step, err)
             return None
+        _warm_failed.pop(key, None)
+        return warm_step
 
     def _check_warm(self, cmd: list[str], step: str) -> tuple[int, bytes] | None:
         """

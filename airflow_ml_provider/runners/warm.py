@@ -53,7 +53,7 @@ def warm_dir() -> Path:
         raise WarmUnavailable(f"cannot create {folder} ({err.strerror})") from err
     if info.st_uid != os.getuid() or stat.S_IMODE(info.st_mode) & 0o077:
         raise WarmUnavailable(
-            f"{folder} is not this user's alone (owner {info.st_uid}, mode {info.st_mode:o})"
+            f"{folder} is not this user's alone (owner {info.st_uid}, mode {stat.S_IMODE(info.st_mode):o})"
         )
     return folder
 
@@ -173,8 +173,8 @@ def start_step(
             return step
         conn.close()
         os.close(read_fd)
-        if reply.get("refused") == "stale" and attempt == 0:
-            continue  # that server saw new code on disk and stopped listening: start a new one
+        if reply.get("refused") in ("stale", "stopping") and attempt == 0:
+            continue  # that server saw new code on disk, or idled out, and stopped listening
         raise WarmUnavailable(f"the warm step server refused the step ({reply.get('refused', reply)})")
     raise WarmUnavailable("the warm step server kept refusing the step")
 
@@ -254,3 +254,23 @@ def _last_line(log_file: Path) -> str:
         if lines:
             return lines[-1].strip()[:300]
     return "no output"
+
+
+def stop_servers(folder: str | Path | None = None) -> list[int]:
+    """
+    Stop this user's warm step servers (SIGTERM: their running steps are killed); return their pids.
+
+    Not needed after an upgrade (a server that sees new code on disk stops by itself), but useful
+    before removing a step environment, or at the end of a test session.
+
+    :param folder: the servers' folder (default :func:`warm_dir`).
+    """
+    stopped = []
+    for pid_file in Path(folder or warm_dir()).glob("*.pid"):
+        with contextlib.suppress(OSError, ValueError):
+            pid = int(pid_file.read_text())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            if b"airflow_ml_provider.ml.warm" in cmdline and pid_file.stem.encode() in cmdline:
+                os.kill(pid, signal.SIGTERM)
+                stopped.append(pid)
+    return stopped

@@ -79,7 +79,14 @@ def test_a_dead_workers_trial_is_found_by_its_heartbeat_and_run_again(
         first.run("tune", spec)  # trial 0 kills its worker: no owner, so only its heartbeat can tell
     study = optuna.load_study(study_name="workers", storage=storage)
     assert [t.state.name for t in study.trials] == ["RUNNING"]
-    # A worker of another task (no owner in common) fails it once its heartbeat is 2 s old.
+    # A worker of another task (no owner in common) fails it once its heartbeat is 2 s old. Its
+    # workers start in well under 2 s when warm, so wait for that state before it starts.
+    import time
+
+    heartbeats = optuna.storages.RDBStorage(storage, heartbeat_interval=1, grace_period=2)
+    deadline = time.monotonic() + 60
+    while not heartbeats._get_stale_trial_ids(study._study_id) and time.monotonic() < deadline:
+        time.sleep(0.2)
     second = GangRunner([{WORKER_ENV: "1", **env_mlflow}], env={STORAGE_ENV: storage, "PYTHONPATH": DAGS})
     [result] = second.run_all("tune", spec)
     assert result["recovered"] == [0]

@@ -129,6 +129,12 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 # --- PythonRunner -------------------------------------------------------------------------------
 
 
+@pytest.fixture(params=[False, True], ids=["cold", "warm"])
+def warm(request: pytest.FixtureRequest) -> bool:
+    """The behaviours below hold alike for a new interpreter and a child of the warm step server."""
+    return bool(request.param)
+
+
 @pytest.mark.parametrize("payload", [{"a": [1, 2.5, None, "x"]}, "text", None])
 def test_echo_round_trip(payload: Any) -> None:
     assert PythonRunner().run("echo", {"payload": payload}) == {"payload": payload}
@@ -149,10 +155,10 @@ def test_interpreter_without_the_package_gets_it_on_pythonpath(
     assert runner.run("echo", {"payload": 42}, logger=logger) == {"payload": 42}
 
 
-def test_log_lines_stream_while_the_child_runs(collected: tuple[logging.Logger, Collect]) -> None:
+def test_log_lines_stream_while_the_child_runs(collected: tuple[logging.Logger, Collect], warm: bool) -> None:
     logger, handler = collected
     spec = {"log_lines": ["marker one", "marker two"], "sleep_seconds": 2, "payload": "done"}
-    assert PythonRunner().run("echo", spec, logger=logger) == {"payload": "done"}
+    assert PythonRunner(warm=warm).run("echo", spec, logger=logger) == {"payload": "done"}
     returned = time.monotonic()
     arrived = {msg: at for at, msg in handler.records}
     key = "[step echo] INFO airflow_ml_provider.ml.basic: marker one"
@@ -160,31 +166,34 @@ def test_log_lines_stream_while_the_child_runs(collected: tuple[logging.Logger, 
     assert "[step echo] INFO airflow_ml_provider.ml.basic: marker two" in arrived
     # The line was logged by the parent while the child still slept for 2 s.
     assert returned - arrived[key] > 1.5
+    assert any("(warm: child " in message for message in handler.messages) == warm
 
 
 def test_stdout_and_stderr_are_both_streamed(
-    collected: tuple[logging.Logger, Collect], user_steps: dict[str, str]
+    collected: tuple[logging.Logger, Collect], user_steps: dict[str, str], warm: bool
 ) -> None:
     logger, handler = collected
-    result = PythonRunner(env=user_steps).run("runner_user_steps:print_stdout", {}, logger=logger)
+    result = PythonRunner(env=user_steps, warm=warm).run("runner_user_steps:print_stdout", {}, logger=logger)
     assert result == {"ok": True}
     assert "[step runner_user_steps:print_stdout] from stdout" in handler.messages
     assert "[step runner_user_steps:print_stdout] from stderr" in handler.messages
 
 
-def test_env_reaches_the_child_without_touching_os_environ(user_steps: dict[str, str]) -> None:
+def test_env_reaches_the_child_without_touching_os_environ(user_steps: dict[str, str], warm: bool) -> None:
     before = dict(os.environ)
     env = {**user_steps, "ML_RUNNER_TEST_VAR": "value"}
     spec = {"names": ["ML_RUNNER_TEST_VAR", "PYTHONUNBUFFERED"]}
-    result = PythonRunner(env=env).run("runner_user_steps:environment", spec)
+    result = PythonRunner(env=env, warm=warm).run("runner_user_steps:environment", spec)
     assert result == {"ML_RUNNER_TEST_VAR": "value", "PYTHONUNBUFFERED": "1"}
     assert dict(os.environ) == before
 
 
-def test_failure_raises_step_failed_with_last_lines(collected: tuple[logging.Logger, Collect]) -> None:
+def test_failure_raises_step_failed_with_last_lines(
+    collected: tuple[logging.Logger, Collect], warm: bool
+) -> None:
     logger, _ = collected
     with pytest.raises(StepFailed) as err:
-        PythonRunner().run("echo", {"fail_with": "boom-4711"}, logger=logger)
+        PythonRunner(warm=warm).run("echo", {"fail_with": "boom-4711"}, logger=logger)
     assert not isinstance(err.value, StepTimeout)
     message = str(err.value)
     assert "Step 'echo' failed" in message and sys.executable in message and "exit code 1" in message
@@ -194,9 +203,11 @@ def test_failure_raises_step_failed_with_last_lines(collected: tuple[logging.Log
     assert len(err.value.last_lines) <= 20
 
 
-def test_exit_without_result_raises_step_failed_naming_the_file(user_steps: dict[str, str]) -> None:
+def test_exit_without_result_raises_step_failed_naming_the_file(
+    user_steps: dict[str, str], warm: bool
+) -> None:
     with pytest.raises(StepFailed, match=r"exited with code 0 but wrote no result file .*result\.json"):
-        PythonRunner(env=user_steps).run("runner_user_steps:exit_without_result", {})
+        PythonRunner(env=user_steps, warm=warm).run("runner_user_steps:exit_without_result", {})
 
 
 @pytest.mark.parametrize(
@@ -205,10 +216,10 @@ def test_exit_without_result_raises_step_failed_naming_the_file(user_steps: dict
     ids=["sleep", "ignores-sigterm"],
 )
 def test_timeout_kills_child_and_grandchild(
-    tmp_path: Path, user_steps: dict[str, str], grandchild: list[str]
+    tmp_path: Path, user_steps: dict[str, str], grandchild: list[str], warm: bool
 ) -> None:
     pid_file = tmp_path / "pids"
-    runner = PythonRunner(timeout=3, env=user_steps, kill_grace_seconds=1)
+    runner = PythonRunner(timeout=3, env=user_steps, kill_grace_seconds=1, warm=warm)
     spec = {"grandchild": grandchild, "pid_file": str(pid_file)}
     started = time.monotonic()
     with pytest.raises(
@@ -225,7 +236,7 @@ class Interrupted(BaseException):
     """Stands for KeyboardInterrupt or Airflow's task timeout arriving while the step runs."""
 
 
-def test_interrupt_kills_the_process_group(tmp_path: Path, user_steps: dict[str, str]) -> None:
+def test_interrupt_kills_the_process_group(tmp_path: Path, user_steps: dict[str, str], warm: bool) -> None:
     pid_file = tmp_path / "pids"
     spec = {"grandchild": ["sleep", "300"], "pid_file": str(pid_file)}
 
@@ -236,7 +247,9 @@ def test_interrupt_kills_the_process_group(tmp_path: Path, user_steps: dict[str,
     signal.setitimer(signal.ITIMER_REAL, 1.5)
     try:
         with pytest.raises(Interrupted):
-            PythonRunner(env=user_steps, kill_grace_seconds=1).run("runner_user_steps:spawn_and_sleep", spec)
+            PythonRunner(env=user_steps, kill_grace_seconds=1, warm=warm).run(
+                "runner_user_steps:spawn_and_sleep", spec
+            )
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
@@ -245,7 +258,7 @@ def test_interrupt_kills_the_process_group(tmp_path: Path, user_steps: dict[str,
 
 
 def test_a_step_stops_when_the_process_that_started_it_is_killed(
-    tmp_path: Path, user_steps: dict[str, str]
+    tmp_path: Path, user_steps: dict[str, str], warm: bool
 ) -> None:
     """SIGKILL leaves the runner no chance to clean up: the step notices its parent is gone and stops."""
     pid_file = tmp_path / "pids"
@@ -253,7 +266,8 @@ def test_a_step_stops_when_the_process_that_started_it_is_killed(
     parent = subprocess.Popen(
         [sys.executable, "-c", (
             "import sys; from airflow_ml_provider.runners import PythonRunner; "
-            f"PythonRunner(env={user_steps!r}).run('runner_user_steps:spawn_and_sleep', {spec!r})"
+            f"PythonRunner(env={user_steps!r}, warm={warm!r})"
+            f".run('runner_user_steps:spawn_and_sleep', {spec!r})"
         )],
     )  # fmt: skip
     deadline = time.monotonic() + 30
@@ -266,9 +280,9 @@ def test_a_step_stops_when_the_process_that_started_it_is_killed(
 
 
 @pytest.mark.parametrize("caller", ["thread", "signal-handler"])
-def test_kill_stops_the_step(caller: str) -> None:
+def test_kill_stops_the_step(caller: str, warm: bool) -> None:
     """kill() from another thread, or from a signal handler in this thread as Airflow's on_kill."""
-    runner = PythonRunner(kill_grace_seconds=1)
+    runner = PythonRunner(kill_grace_seconds=1, warm=warm)
     if caller == "thread":
         killer = threading.Timer(1.0, runner.kill)
     else:
@@ -287,11 +301,11 @@ def test_kill_stops_the_step(caller: str) -> None:
 
 
 def test_processes_left_behind_holding_the_output_are_killed(
-    tmp_path: Path, user_steps: dict[str, str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, user_steps: dict[str, str], monkeypatch: pytest.MonkeyPatch, warm: bool
 ) -> None:
     monkeypatch.setattr(python_runner_module, "DRAIN_SECONDS", 0.5)
     pid_file = tmp_path / "pid"
-    runner = PythonRunner(env=user_steps, kill_grace_seconds=1)
+    runner = PythonRunner(env=user_steps, kill_grace_seconds=1, warm=warm)
     result = runner.run("runner_user_steps:spawn_and_return", {"pid_file": str(pid_file)})
     assert result == {"left": int(pid_file.read_text())}
     assert _wait_gone([result["left"]]) == []
