@@ -109,6 +109,7 @@ class WarmServer:
 
     def __init__(self, socket_path: str, idle_seconds: float, modules: tuple[str, ...] = WARM_MODULES):
         self.socket_path = socket_path
+        self.ready_file = str(Path(socket_path).with_suffix(".ready"))
         self.idle_seconds = idle_seconds
         self.modules = modules
         self.jobs: dict[int, _Job] = {}
@@ -124,8 +125,9 @@ class WarmServer:
     def bind(self) -> None:
         """Listen on the socket (before the imports: the tasks that come meanwhile queue up)."""
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(self.socket_path)  # left by a server that died; the start lock is ours
+        for stale in (self.socket_path, self.ready_file):  # left by a server that died
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(stale)
         listener.bind(self.socket_path)
         os.chmod(self.socket_path, 0o600)
         self._socket_inode = os.stat(self.socket_path).st_ino  # a later server's socket is not ours
@@ -148,6 +150,7 @@ class WarmServer:
             except Exception:  # a module that cannot load here is loaded by the step itself
                 log.warning("Could not import %s ahead of the steps", name, exc_info=True)
         self.base_path = sys.path[1:]
+        Path(self.ready_file).touch()  # from now on tasks send their steps here instead of starting cold
         self.last_activity = time.monotonic()  # idle from now on, not from the start
         self.watched = _watched_files()
         log.info(
@@ -216,6 +219,7 @@ class WarmServer:
         with contextlib.suppress(OSError):
             if os.stat(self.socket_path).st_ino == self._socket_inode:
                 os.unlink(self.socket_path)
+                os.unlink(self.ready_file)
         while _pending(self.listener):
             try:
                 conn, _ = self.listener.accept()

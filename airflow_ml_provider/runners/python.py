@@ -369,7 +369,7 @@ class PythonRunner:
         :param cmd: the command line; ``cmd[0]`` is the interpreter, ``cmd[3:]`` the arguments.
         :param step: the step's name.
         """
-        from airflow_ml_provider.runners.warm import WARM_DIR_ENV, WarmUnavailable, start_step
+        from airflow_ml_provider.runners.warm import WARM_DIR_ENV, WarmStarting, WarmUnavailable, start_step
 
         key = (cmd[0], os.environ.get(WARM_DIR_ENV, ""))
         failed_at = _warm_failed.get(key)
@@ -378,8 +378,11 @@ class PythonRunner:
         try:
             warm_step = start_step(
                 cmd[0], cmd[3:], env=self._warm_env(), cwd=self.cwd,
-                idle_seconds=self.warm_idle_seconds, server_pythonpath=self._server_pythonpath(cmd[0]),
+                idle_seconds=self.warm_idle_seconds, server_pythonpath=lambda: self._server_pythonpath(cmd[0]),
             )  # fmt: skip
+        except WarmStarting as err:
+            self._logger.info("Step %s starts in a new interpreter: %s", step, err)
+            return None
         except WarmUnavailable as err:
             _warm_failed[key] = time.monotonic()
             self._logger.warning("Step %s starts in a new interpreter (cold): %s", step, err)

@@ -21,6 +21,7 @@ import stat
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,10 @@ class WarmUnavailable(Exception):
     """The warm path cannot run this step (the message says why); the step starts cold instead."""
 
 
+class WarmStarting(WarmUnavailable):
+    """The server is starting, or still importing: this step starts cold, the next ones warm."""
+
+
 def warm_dir() -> Path:
     """The folder of this user's servers: created 0700, refused when someone else could use it."""
     folder = Path(
@@ -58,9 +63,9 @@ def warm_dir() -> Path:
     return folder
 
 
-def server_key(python: str, env: dict[str, str], pythonpath: str) -> str:
+def server_key(python: str, env: dict[str, str]) -> str:
     """What makes two steps share a server: interpreter, provider version, import environment."""
-    identity = [os.path.abspath(python), __version__, import_environment(env), pythonpath]
+    identity = [os.path.abspath(python), __version__, import_environment(env)]
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
@@ -128,7 +133,7 @@ def start_step(
     env: dict[str, str],
     cwd: str | None,
     idle_seconds: float,
-    server_pythonpath: str = "",
+    server_pythonpath: Callable[[], str] = str,
 ) -> WarmStep:
     """
     Run ``python -m airflow_ml_provider.ml ARGV`` in a child of the interpreter's warm server.
@@ -138,11 +143,12 @@ def start_step(
     :param env: the child's complete environment.
     :param cwd: the child's working folder (default this process's).
     :param idle_seconds: a server started now exits after this long without a step.
-    :param server_pythonpath: ``PYTHONPATH`` of the server itself (where it finds this package).
+    :param server_pythonpath: gives ``PYTHONPATH`` of a server started now (where it finds this
+        package); called only then.
     :raises WarmUnavailable: no server can take the step; start it cold.
     """
     folder = warm_dir()
-    key = server_key(python, env, server_pythonpath)
+    key = server_key(python, env)
     socket_path = str(folder / f"{key}.sock")
     if len(socket_path) > _MAX_SOCKET_PATH:
         raise WarmUnavailable(
@@ -190,18 +196,37 @@ def _connect(socket_path: str) -> socket.socket:
 
 
 def _connect_or_start(
-    python: str, socket_path: str, log_file: Path, env: dict[str, str], idle_seconds: float, pythonpath: str
+    python: str,
+    socket_path: str,
+    log_file: Path,
+    env: dict[str, str],
+    idle_seconds: float,
+    pythonpath: Callable[[], str],
 ) -> socket.socket:
-    """Connect to the server; start it first (one starter at a time) when there is none."""
+    """
+    Connect to the server once it is warm.
+
+    :raises WarmStarting: there was none (it is started now) or it still imports: the step should
+        not wait for imports it may not need, so it starts cold as it would without a server.
+    """
+    ready = Path(socket_path).with_suffix(".ready")
     with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
-        return _connect(socket_path)
+        conn = _connect(socket_path)
+        if ready.exists():
+            return conn
+        conn.close()
+        raise WarmStarting("its warm step server is still importing")
     lock_path = socket_path.removesuffix(".sock") + ".lock"
     with open(lock_path, "a+") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             with contextlib.suppress(FileNotFoundError, ConnectionRefusedError):
-                return _connect(socket_path)
-            server = _start_server(python, socket_path, log_file, env, idle_seconds, pythonpath)
+                conn = _connect(socket_path)  # another task started it meanwhile
+                if ready.exists():
+                    return conn
+                conn.close()
+                raise WarmStarting("its warm step server is still importing")
+            server = _start_server(python, socket_path, log_file, env, idle_seconds, pythonpath())
             try:  # it returns once its socket listens, leaving the server to a detached child
                 returncode = server.wait(BIND_SECONDS)
             except subprocess.TimeoutExpired:
@@ -216,10 +241,7 @@ def _connect_or_start(
                     f"the warm step server could not start (exit code {returncode}): "
                     f"{_last_line(log_file)} (its log: {log_file})"
                 )
-            try:
-                return _connect(socket_path)
-            except OSError as err:
-                raise WarmUnavailable(f"cannot connect to the warm step server ({err})") from err
+            raise WarmStarting("its warm step server starts now, for the steps after this one")
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
 

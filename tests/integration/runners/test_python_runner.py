@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.warm import wait_until_warm
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
 from airflow_ml_provider.runners import PythonRunner
@@ -132,6 +133,8 @@ def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str
 @pytest.fixture(params=[False, True], ids=["cold", "warm"])
 def warm(request: pytest.FixtureRequest) -> bool:
     """The behaviours below hold alike for a new interpreter and a child of the warm step server."""
+    if request.param:
+        wait_until_warm(sys.executable)
     return bool(request.param)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from support.step_env import step_python
+from support.warm import wait_until_warm
 
 import airflow_ml_provider.ml.execute as execute_module
 from airflow_ml_provider.exceptions import StepFailed
@@ -45,6 +46,12 @@ def collected() -> Any:
     logger.addHandler(handler)
     yield logger, handler
     logger.removeHandler(handler)
+
+
+@pytest.fixture(autouse=True)
+def warm_server() -> None:
+    """The step environment's server has done its imports (until then steps start cold)."""
+    wait_until_warm(step_python())
 
 
 def _runner(**kwargs: Any) -> PythonRunner:
@@ -169,11 +176,17 @@ def test_new_code_on_disk_gets_a_new_server_and_an_idle_server_exits(
     folder = tmp_path / "warm"
     monkeypatch.setenv(WARM_DIR_ENV, str(folder))
     try:
+        wait_until_warm(step_python())
         old = _runner(warm_idle_seconds=2).run("steps_for_tests:process_facts", {})
+        assert old["tensorflow_loaded"]
         # An upgrade (or an edit) of a module the server has loaded.
         source = Path(execute_module.__file__)
         now = time.time()
         os.utime(source, (now, now + 1))
+        # The old server refuses the step and stops listening; a new one starts (this step: cold).
+        between = _runner(warm_idle_seconds=2).run("steps_for_tests:process_facts", {})
+        assert not between["tensorflow_loaded"]
+        wait_until_warm(step_python())
         new = _runner(warm_idle_seconds=2).run("steps_for_tests:process_facts", {})
         assert new["ppid"] != old["ppid"] and new["tensorflow_loaded"]
         assert _wait_until(lambda: not _alive(old["ppid"]), 60), "the stale server did not exit"
