@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import stat
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -52,6 +54,14 @@ def collected() -> Any:
 def warm_server() -> None:
     """The step environment's server has done its imports (until then steps start cold)."""
     wait_until_warm(step_python())
+
+
+@pytest.fixture
+def short_dir() -> Any:
+    """A servers' folder with a short path (pytest's temporary paths are too long for a socket)."""
+    folder = Path(tempfile.mkdtemp(prefix="warm-"))
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def _runner(**kwargs: Any) -> PythonRunner:
@@ -152,10 +162,10 @@ def test_a_folder_others_can_open_means_a_cold_start_said_once(
 
 
 def test_a_server_that_cannot_start_means_a_cold_start(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, collected: Any
+    tmp_path: Path, short_dir: Path, monkeypatch: pytest.MonkeyPatch, collected: Any
 ) -> None:
     logger, handler = collected
-    monkeypatch.setenv(WARM_DIR_ENV, str(tmp_path / "warm"))
+    monkeypatch.setenv(WARM_DIR_ENV, str(short_dir))
     wrapper = tmp_path / "python"
     wrapper.write_text(
         "#!/bin/sh\n"
@@ -171,9 +181,9 @@ def test_a_server_that_cannot_start_means_a_cold_start(
 
 
 def test_new_code_on_disk_gets_a_new_server_and_an_idle_server_exits(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    short_dir: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    folder = tmp_path / "warm"
+    folder = short_dir
     monkeypatch.setenv(WARM_DIR_ENV, str(folder))
     try:
         wait_until_warm(step_python())
