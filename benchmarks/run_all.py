@@ -69,6 +69,7 @@ BENCHMARKS = (
     Benchmark("evaluation", ("--rows", "20000", "--large-rows", "100000", "--repeat", "1", "--skip-beam")),
     Benchmark("tuning", ("--seeds", "2", "--trials", "12", "--rows", "10000")),
     Benchmark("cache", ("--rows", "2000", "--epochs", "1")),
+    Benchmark("warm_start", ("--repeat", "1")),
     Benchmark("loop_latency", ()),  # the demo's data as it is: no smaller setting
 )
 

@@ -242,6 +242,9 @@ class WarmServer:
         self.last_activity = time.monotonic()
         try:
             request, fds = _receive(conn)
+        except _ClientLeft:  # it found this server still importing, and started its step cold
+            conn.close()
+            return
         except (OSError, ValueError) as err:
             log.warning("Dropped a request: %s", err)
             conn.close()
@@ -449,6 +452,10 @@ def _watched_files(previous: dict[str, int] | None = None) -> dict[str, int]:
     return _watched_files(dict.fromkeys(sorted(str(p) for p in paths), 0))
 
 
+class _ClientLeft(ValueError):
+    """The client closed its connection without a request."""
+
+
 def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
     """Read one request line and the descriptors sent with it."""
     conn.settimeout(10.0)
@@ -458,7 +465,7 @@ def _receive(conn: socket.socket) -> tuple[dict[str, Any], list[int]]:
         chunk, got, _, _ = socket.recv_fds(conn, 65536, 4)
         fds.extend(got)
         if not chunk:
-            raise ValueError("the client closed the connection before its request ended")
+            raise _ClientLeft("the client closed the connection before its request ended")
         data += chunk
         if len(data) > MAX_REQUEST_BYTES:
             raise ValueError("request too large")
