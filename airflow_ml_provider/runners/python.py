@@ -240,49 +240,30 @@ class PythonRunner:
 
     def kill(self) -> None:
         """Kill the running step with its whole process group (SIGTERM, then SIGKILL); for ``on_kill``."""
-        proc = self._proc
+        proc, warm_step = self._proc, self._warm_step
         if proc is not None:
             self._killed = True
-            self._kill_group(proc)
-        warm_step = self._warm_step
+            self._kill_group(proc.pid, proc)
         if warm_step is not None:
             self._killed = True
-            self._kill_warm(warm_step)
+            self._kill_group(warm_step.pid)
 
-    def _kill_warm(self, warm_step: WarmStep) -> None:
+    def _kill_group(self, pgid: int, proc: subprocess.Popen[bytes] | None = None) -> None:
         """
-        SIGTERM a warm child's process group, then SIGKILL what is left after the grace period.
+        SIGTERM the step's process group, wait up to the grace period, then SIGKILL what is left.
 
-        :param warm_step: the child (its server reaps it).
+        :param pgid: the group: the step's process is its leader.
+        :param proc: that process when it is this one's child (it is reaped here); None for a warm
+            child, which its server reaps.
         """
-        pgid = warm_step.pid
-        self._logger.info("Killing the process group %s of the step (SIGTERM)", pgid)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGTERM)
-        deadline = time.monotonic() + self.kill_grace_seconds
-        while time.monotonic() < deadline and _group_alive(pgid):
-            time.sleep(0.1)
-        if _group_alive(pgid):
-            self._logger.warning(
-                "Process group %s outlived SIGTERM by %ss: SIGKILL", pgid, self.kill_grace_seconds
-            )
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(pgid, signal.SIGKILL)
-
-    def _kill_group(self, proc: subprocess.Popen[bytes]) -> None:
-        """
-        SIGTERM the child's process group, wait up to the grace period, then SIGKILL what is left.
-
-        :param proc: the child, leader of its process group.
-        """
-        pgid = proc.pid
         self._logger.info("Killing the process group %s of the step (SIGTERM)", pgid)
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGTERM)
         deadline = time.monotonic() + self.kill_grace_seconds
         while time.monotonic() < deadline:
-            proc.poll()  # reap the leader, so that only live processes keep the group alive
-            if proc.returncode is not None and not _group_alive(pgid):
+            if proc is not None:
+                proc.poll()  # reap the leader, so that only live processes keep the group alive
+            if (proc is None or proc.returncode is not None) and not _group_alive(pgid):
                 return
             time.sleep(0.1)
         if _group_alive(pgid):
@@ -291,6 +272,8 @@ class PythonRunner:
             )
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(pgid, signal.SIGKILL)
+        if proc is None:
+            return
         try:  # bounded: kill() may run in a signal handler that interrupted a wait on this child
             proc.wait(timeout=self.kill_grace_seconds + 5.0)
         except subprocess.TimeoutExpired:
@@ -474,18 +457,18 @@ class PythonRunner:
             # reap the child from a signal handler (Airflow calls on_kill from its SIGTERM handler).
             returncode = proc.wait(timeout=self.timeout if self.timeout is not None else math.inf)
         except subprocess.TimeoutExpired:
-            self._kill_group(proc)
-            self._drain(reader, proc)
+            self._kill_group(proc.pid, proc)
+            self._drain(reader, proc.pid, proc)
             what = (
                 f"ran past its timeout of {self.timeout}s in {cmd[0]} and was killed with its process group"
             )
             raise _failure(StepTimeout, step, what, lines, proc.returncode) from None
         except BaseException:
-            self._kill_group(proc)
+            self._kill_group(proc.pid, proc)
             raise
         finally:
             self._proc = None
-        self._drain(reader, proc)
+        self._drain(reader, proc.pid, proc)
         if returncode != 0:
             killed = " (killed by PythonRunner.kill())" if self._killed else ""
             what = f"failed in {cmd[0]} ({_describe_exit(returncode)}){killed}"
@@ -513,57 +496,44 @@ class PythonRunner:
         try:
             returncode = warm_step.wait(self.timeout)
         except TimeoutError:
-            self._kill_warm(warm_step)
-            self._drain_warm(reader, warm_step)
+            self._kill_group(warm_step.pid)
+            self._drain(reader, warm_step.pid)
             what = (
                 f"ran past its timeout of {self.timeout}s in {cmd[0]} and was killed with its process group"
             )
             raise _failure(StepTimeout, step, what, lines, None) from None
         except ConnectionError as err:
-            self._kill_warm(warm_step)
-            self._drain_warm(reader, warm_step)
+            self._kill_group(warm_step.pid)
+            self._drain(reader, warm_step.pid)
             raise _failure(StepFailed, step, f"lost its process in {cmd[0]}: {err}", lines, None) from None
         except BaseException:
-            self._kill_warm(warm_step)
+            self._kill_group(warm_step.pid)
             raise
         finally:
             self._warm_step = None
             warm_step.close()
-        self._drain_warm(reader, warm_step)
+        self._drain(reader, warm_step.pid)
         if returncode != 0:
             killed = " (killed by PythonRunner.kill())" if self._killed else ""
             what = f"failed in {cmd[0]} ({_describe_exit(returncode)}){killed}"
             raise _failure(StepFailed, step, what, lines, returncode)
 
-    def _drain_warm(self, reader: threading.Thread, warm_step: WarmStep) -> None:
-        """
-        Wait until all of a warm child's output is logged; kill what it left that holds the pipe.
-
-        :param reader: the thread that pumps the output.
-        :param warm_step: the child, already ended.
-        """
-        reader.join(DRAIN_SECONDS)
-        if reader.is_alive():
-            self._logger.warning(
-                "Processes left by step (group %s) still hold its output: killing them", warm_step.pid
-            )
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(warm_step.pid, signal.SIGKILL)
-            reader.join(DRAIN_SECONDS)
-
-    def _drain(self, reader: threading.Thread, proc: subprocess.Popen[bytes]) -> None:
+    def _drain(
+        self, reader: threading.Thread, pgid: int, proc: subprocess.Popen[bytes] | None = None
+    ) -> None:
         """
         Wait until all output is logged; kill processes the step left behind that hold the pipe.
 
         :param reader: the thread that pumps the output.
-        :param proc: the child, already exited.
+        :param pgid: the step's process group (the step itself has ended).
+        :param proc: the step's process when it is this one's child.
         """
         reader.join(DRAIN_SECONDS)
         if reader.is_alive():
             self._logger.warning(
-                "Processes left by step (group %s) still hold its output: killing them", proc.pid
+                "Processes left by step (group %s) still hold its output: killing them", pgid
             )
-            self._kill_group(proc)
+            self._kill_group(pgid, proc)
             reader.join(DRAIN_SECONDS)
 
     @staticmethod
