@@ -99,6 +99,8 @@ class AirflowCluster:
             # cluster (docs/install.md); the components themselves run in Airflow's.
             "AIRFLOW__ML_PROVIDER__STEP_PYTHON": step_python(),
         }
+        if os.environ.get("AIRFLOW_ML_WARM_DIR"):  # the test run's warm step servers, stopped at its end
+            settings["AIRFLOW_ML_WARM_DIR"] = os.environ["AIRFLOW_ML_WARM_DIR"]
         return {**env, **settings, **extra}
 
     # -- lifecycle ---------------------------------------------------------------------------
