@@ -11,11 +11,11 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from support.log_capture import Collect
 from support.warm import wait_until_warm
 
 from airflow_ml_provider.exceptions import StepFailed, StepTimeout
@@ -58,32 +58,6 @@ def print_stdout(spec):
     sys.stderr.write("from stderr\\n")
     return {"ok": True}
 '''
-
-
-class Collect(logging.Handler):
-    """Keep each record with the time it arrived."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.records: list[tuple[float, str]] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append((time.monotonic(), record.getMessage()))
-
-    @property
-    def messages(self) -> list[str]:
-        return [message for _, message in self.records]
-
-
-@pytest.fixture
-def collected() -> Iterator[tuple[logging.Logger, Collect]]:
-    logger = logging.getLogger(f"test_python_runner.{id(object())}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler = Collect()
-    logger.addHandler(handler)
-    yield logger, handler
-    logger.removeHandler(handler)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ once, the fallback to a cold start, new code on disk, the idle exit).
 
 from __future__ import annotations
 
-import logging
 import os
 import shutil
 import stat
@@ -28,26 +27,6 @@ from airflow_ml_provider.runners import PythonRunner
 from airflow_ml_provider.runners.warm import WARM_DIR_ENV, stop_servers
 
 pytestmark = pytest.mark.integration
-
-
-class Collect(logging.Handler):
-    def __init__(self) -> None:
-        super().__init__()
-        self.messages: list[str] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.messages.append(record.getMessage())
-
-
-@pytest.fixture
-def collected() -> Any:
-    logger = logging.getLogger(f"test_warm_steps.{id(object())}")
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
-    handler = Collect()
-    logger.addHandler(handler)
-    yield logger, handler
-    logger.removeHandler(handler)
 
 
 @pytest.fixture(autouse=True)
