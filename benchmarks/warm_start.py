@@ -40,7 +40,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from airflow_ml_provider.runners import PythonRunner  # noqa: E402
-from airflow_ml_provider.runners.warm import WARM_DIR_ENV, server_key, stop_servers  # noqa: E402
+from airflow_ml_provider.runners.warm import WARM_DIR_ENV, server_ready, stop_servers  # noqa: E402
 
 FRESH_GOAL = 1.10
 WARM_OVERHEAD_GOAL = 1.0
@@ -79,10 +79,8 @@ def _run(python: str, warm: bool, data_uri: str, workdir: Path) -> dict[str, Any
 
 
 def _wait_ready(python: str, folder: Path, within: float = 300.0) -> None:
-    runner = PythonRunner(python=python, warm=True)
-    ready = folder / f"{server_key(python, runner._warm_env())}.ready"
     deadline = time.monotonic() + within
-    while not ready.exists():
+    while not server_ready(python):  # in the servers' folder of the round (AIRFLOW_ML_WARM_DIR)
         if time.monotonic() > deadline:
             raise SystemExit(f"the warm step server did not finish its imports in {within:.0f} s ({folder})")
         time.sleep(0.2)

@@ -69,6 +69,16 @@ def server_key(python: str, env: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:20]
 
 
+def server_ready(python: str, env: dict[str, str] | None = None) -> bool:
+    """
+    Whether the warm server of ``python`` has done its imports (its steps then start warm).
+
+    :param python: the step interpreter.
+    :param env: the steps' environment (default this process's): its import variables pick the server.
+    """
+    return (warm_dir() / f"{server_key(python, dict(os.environ) if env is None else env)}.ready").exists()
+
+
 class WarmStep:
     """
     A step running in a child of the server.

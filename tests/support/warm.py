@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 
 from airflow_ml_provider.runners import PythonRunner
-from airflow_ml_provider.runners.warm import server_key, warm_dir
+from airflow_ml_provider.runners.warm import server_ready
 
 
 def wait_until_warm(python: str, within: float = 300.0) -> None:
@@ -17,9 +17,9 @@ def wait_until_warm(python: str, within: float = 300.0) -> None:
     """
     runner = PythonRunner(python=python, warm=True)
     runner.run("echo", {})  # starts the server when there is none (this step runs cold)
-    key = server_key(python, runner._warm_env())
-    ready = warm_dir() / f"{key}.ready"
     deadline = time.monotonic() + within
-    while not ready.exists() and time.monotonic() < deadline:
+    while not server_ready(python) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert ready.exists(), f"the warm step server of {python} did not finish its imports in {within:.0f} s"
+    assert server_ready(python), (
+        f"the warm step server of {python} did not finish its imports in {within:.0f} s"
+    )
