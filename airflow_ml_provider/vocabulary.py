@@ -57,6 +57,11 @@ TAG_CACHE_KEY_REUSED = f"{TAG_CACHE_KEY}_reused"
 # Verdicts the evaluation and infra validation steps return for their run ("true" / "false").
 TAG_BLESSED = "airflow_ml.blessed"
 TAG_INFRA_BLESSED = "airflow_ml.infra_blessed"
+# Which data an evaluation's numbers come from (operators/evaluation.py): the datasets it evaluated
+# ("data", "holdout" or "data,holdout"), and for each, TAG_EVALUATION_DATASET_PREFIX + "<dataset>."
+# + "uri" / "version" / "blessed". The holdout's metrics are named "holdout/auc" ...
+TAG_EVALUATED_ON = "airflow_ml.evaluated_on"
+TAG_EVALUATION_DATASET_PREFIX = "airflow_ml.evaluation."
 
 # Training.
 TAG_LAUNCHER = "airflow_ml.launcher"
@@ -81,6 +86,14 @@ TAG_PROMOTION_REFUSED = "airflow_ml.promotion_refused"
 PROMOTION_PROMOTED = "promoted"
 PROMOTION_REFUSED = "refused"
 PROMOTION_ALREADY_CHAMPION = "already_champion"
+
+# The champion guard: its task's run (operators/guard.py). The outcome is one of the statuses of
+# hooks/live_metric.py (rolled_back, healthy, moved, superseded, no_data); the rollback itself is
+# in the alias history.
+TAG_GUARD_OUTCOME = "airflow_ml.guard.outcome"
+TAG_GUARD_VERSION = "airflow_ml.guard.version"
+TAG_GUARD_REASON = "airflow_ml.guard.reason"
+TAG_GUARD_ROLLED_BACK_TO = "airflow_ml.guard.rolled_back_to"
 
 # The DAG run's parent run: the dataset versions that started it (versions.py writes
 # ``dataset.<asset>.<field>``, or ``dataset.<field>`` for a version named in dag_run.conf) and
@@ -118,6 +131,22 @@ TAG_PROMOTED_TO = "airflow_ml.promoted_to"
 TAG_REPLACED_VERSION = "airflow_ml.replaced_version"
 TAG_ROLLED_BACK_AT = "airflow_ml.rolled_back_at"
 
+# Baselines that travel with a model version (operators/_baselines.py). On the version, set by the
+# promotion: the statistics and schema of the data it was trained on (copies in the promotion run,
+# so they outlive the validation run that computed them), which data, and that run.
+TAG_BASELINE_STATISTICS_URI = "airflow_ml.baseline.statistics_uri"
+TAG_BASELINE_SCHEMA_URI = "airflow_ml.baseline.schema_uri"
+TAG_BASELINE_DATA_URI = "airflow_ml.baseline.data_uri"
+TAG_BASELINE_SOURCE_RUN = "airflow_ml.baseline.source_run"
+# On a validation task's run that checked against a version's baseline (baseline="champion").
+TAG_BASELINE_MODEL_NAME = "airflow_ml.baseline.model_name"
+TAG_BASELINE_ALIAS = "airflow_ml.baseline.alias"
+TAG_BASELINE_VERSION = "airflow_ml.baseline.version"  # "none": no champion, or one without a baseline
+# On a validation task's run: the data it validated and its role ("training" or "serving", see
+# ml/specs/validation.py), by which the promotion finds the validation of the training data.
+TAG_DATA_URI = "airflow_ml.data_uri"
+TAG_DATA_ROLE = "airflow_ml.data_role"
+
 # Model aliases the promotion moves and the ModelAliasSensor watches by default.
 ALIAS_CHAMPION = "champion"
 ALIAS_PREVIOUS_CHAMPION = "previous_champion"
@@ -126,6 +155,20 @@ ALIAS_PREVIOUS_CHAMPION = "previous_champion"
 EXPERIMENT_CLAIMS_PREFIX = ".airflow-ml-provider/claims/"
 TAG_CLAIM_VALUE = "airflow_ml.claim.value"
 TAG_CLAIM_KEY = "airflow_ml.claim.key"
+# On the claims of an alias's epochs (hooks/_alias_history.py): the alias history. Each move's
+# record rides on its epoch's claim (created with it, never changed); a second claim per epoch
+# says what came of it.
+TAG_HISTORY_KEY = "airflow_ml.history.key"  # a hash of "<model>/<alias>": what the search filters on
+TAG_HISTORY_EPOCH = "airflow_ml.history.epoch"
+TAG_HISTORY_ENTRY = "airflow_ml.history.entry"  # JSON: from, to, at, kind, reason, DAG run ...
+TAG_HISTORY_OUTCOME = "airflow_ml.history.outcome"  # one of the HISTORY_OUTCOME_* values
+
+# Values of TAG_HISTORY_OUTCOME, and the kinds of move the history records.
+HISTORY_OUTCOME_DONE = "done"
+HISTORY_OUTCOME_RELEASED = "released"  # the epoch was claimed, then the alias was found moved by hand
+MOVE_PROMOTION = "promotion"
+MOVE_ROLLBACK = "rollback"
+MOVE_MANUAL = "manual"  # moved outside the provider; recorded when first seen
 
 # -- Artifact paths in a task's MLflow run --------------------------------------------------------
 # Each step's operator logs the step's output folder under its root; the extra links, the lineage
@@ -137,6 +180,11 @@ ARTIFACT_STEP_RESULT = f"{ARTIFACT_STEP_DIR}/result.json"  # written by ``python
 ARTIFACT_VALIDATION_DIR = "validation"
 ARTIFACT_VALIDATION_REPORT = f"{ARTIFACT_VALIDATION_DIR}/report.html"
 ARTIFACT_VALIDATION_ANOMALIES = f"{ARTIFACT_VALIDATION_DIR}/anomalies.json"
+ARTIFACT_VALIDATION_STATISTICS = f"{ARTIFACT_VALIDATION_DIR}/statistics.pb"
+ARTIFACT_VALIDATION_SCHEMA = f"{ARTIFACT_VALIDATION_DIR}/schema.pbtxt"
+# A promotion run: the baseline of the version it promoted (copied from the validation run).
+ARTIFACT_BASELINE_STATISTICS = "baseline/statistics.pb"
+ARTIFACT_BASELINE_SCHEMA = "baseline/schema.pbtxt"
 ARTIFACT_TUNING_DIR = "tuning"
 ARTIFACT_TUNING_SUMMARY = f"{ARTIFACT_TUNING_DIR}/summary.json"
 ARTIFACT_TUNING_SPEC = f"{ARTIFACT_TUNING_DIR}/spec.json"

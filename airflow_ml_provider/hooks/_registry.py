@@ -10,6 +10,9 @@ MLflow experiment name, unique in the store). Exactly one claimant wins an epoch
 alias still points where its evaluation says, moves it, and sets the epoch to n + 1. A retry of
 the winner finds its own claim and finishes the move; every other claimant is refused and told to
 re-evaluate against the new champion.
+
+Each move's record (from, to, when, why, by which DAG run) rides on its epoch's claim: the alias
+history, in :mod:`airflow_ml_provider.hooks._alias_history`.
 """
 
 from __future__ import annotations
@@ -20,9 +23,19 @@ from datetime import timezone
 from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.exceptions import PromotionRefused
+from airflow_ml_provider.hooks._alias_history import (
+    AliasHistoryEntry,
+    AliasHistoryMixin,
+    MoveRecord,
+    epoch_claim_key,
+    record_tags,
+)
 from airflow_ml_provider.vocabulary import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS_CHAMPION,
+    HISTORY_OUTCOME_DONE,
+    HISTORY_OUTCOME_RELEASED,
+    MOVE_ROLLBACK,
     TAG_ALIAS_EPOCH_PREFIX,
     TAG_CANDIDATE_MODEL_URI,
     TAG_REGISTRATION_KEY,
@@ -34,6 +47,10 @@ if TYPE_CHECKING:
     from mlflow.entities.model_registry import ModelVersion
 
 log = logging.getLogger(__name__)
+
+__all__ = ["AliasHistoryEntry", "AliasMove", "ModelRegistryMixin", "MoveRecord"]
+
+_UNSET: Any = object()
 
 TAG_EPOCH_PREFIX = TAG_ALIAS_EPOCH_PREFIX  # its earlier name, which the tests import
 
@@ -50,14 +67,12 @@ class AliasMove:
     already_done: bool = False  # a retry found the alias already moved by this owner
 
 
-class ModelRegistryMixin:
+class ModelRegistryMixin(AliasHistoryMixin):
     """Registration and race-safe alias moves; mixed into MlflowHook (needs ``client``, ``claim``)."""
 
     client: Any
 
     if TYPE_CHECKING:  # provided by MlflowHook
-
-        def claim(self, key: str, value: str, *, description: str = "") -> str: ...
 
         def read_claim(self, key: str) -> str | None: ...
 
@@ -196,9 +211,13 @@ class ModelRegistryMixin:
         owner: str,
         alias: str = ALIAS_CHAMPION,
         previous_alias: str | None = ALIAS_PREVIOUS_CHAMPION,
+        record: MoveRecord | None = None,
     ) -> AliasMove:
         """
         Point ``alias`` at ``version`` only if it still points at ``expected`` (compare-and-set).
+
+        The move is recorded in the alias history (:meth:`alias_history`) with ``record``; a move
+        made by hand since the last recorded one is recorded first, as ``manual``.
 
         :param model_name: the registered model.
         :param version: the version to promote.
@@ -207,24 +226,32 @@ class ModelRegistryMixin:
         :param owner: a stable identity of the caller (the same on a retry).
         :param alias: the alias to move.
         :param previous_alias: alias that keeps the version ``alias`` pointed at before (None: none).
+        :param record: what the history says about this move (kind, reason, DAG run, dataset
+            version, evaluation run); default: a promotion with no details.
         :raises PromotionRefused: the alias moved since the evaluation, or another promotion
             from the same state won.
         """
         version = str(version)
+        self.record_manual_move(model_name, alias)
         epoch = self.alias_epoch(model_name, alias)
         current = self._alias_version_str(model_name, alias)
-        claim_key = f"registry/{model_name}/{alias}/epoch/{epoch}"
+        claim_key = epoch_claim_key(model_name, alias, epoch)
         if current == version and current != expected:
             # A retry after the alias was moved: finish the epoch if this owner holds its claim.
             if self.read_claim(claim_key) == owner:
+                self.finish_epoch(model_name, alias, epoch, HISTORY_OUTCOME_DONE)
                 self._set_epoch(model_name, alias, epoch + 1)
             return AliasMove(model_name, alias, version, expected, epoch, already_done=True)
         if current != expected:
             raise alias_changed(model_name, alias, version, expected, current)
+        tags = record_tags(
+            model_name, alias, epoch, from_version=expected, to_version=version, record=record or MoveRecord()
+        )
         winner = self.claim(
             claim_key,
             owner,
             description=f"{alias} of {model_name}: epoch {epoch}, v{expected} -> v{version} by {owner}",
+            tags=tags,
         )
         if winner != owner:
             raise PromotionRefused(
@@ -233,13 +260,15 @@ class ModelRegistryMixin:
                 f"against the new {alias} and promote again if it is still blessed."
             )
         current = self._alias_version_str(model_name, alias)
-        if current != expected:
+        if current != expected and current != version:
             # Changed outside this protocol (by hand) after the first check: release the epoch.
+            self.finish_epoch(model_name, alias, epoch, HISTORY_OUTCOME_RELEASED)
             self._set_epoch(model_name, alias, epoch + 1)
             raise alias_changed(model_name, alias, version, expected, current)
         if previous_alias and expected is not None:
             self.client.set_registered_model_alias(model_name, previous_alias, expected)
         self.client.set_registered_model_alias(model_name, alias, version)
+        self.finish_epoch(model_name, alias, epoch, HISTORY_OUTCOME_DONE)
         self._set_epoch(model_name, alias, epoch + 1)
         log.info("Moved %s of %s: version %s -> %s (epoch %d)", alias, model_name, expected, version, epoch)
         return AliasMove(model_name, alias, version, expected, epoch)
@@ -251,40 +280,72 @@ class ModelRegistryMixin:
         alias: str = ALIAS_CHAMPION,
         previous_alias: str = ALIAS_PREVIOUS_CHAMPION,
         owner: str | None = None,
+        expected: str | None = _UNSET,
+        record: MoveRecord | None = None,
     ) -> AliasMove:
         """
         Put ``alias`` back on the version ``previous_alias`` holds (one call, race-safe).
 
         The demoted version takes ``previous_alias``, so a second rollback undoes the first, and
-        is tagged ``airflow_ml.rolled_back_at``.
+        is tagged ``airflow_ml.rolled_back_at``. The move is in the alias history as a rollback.
 
         :param model_name: the registered model.
         :param alias: the alias to roll back (``champion``).
         :param previous_alias: where the previous holder is kept (``previous_champion``).
-        :param owner: identity recorded in the claim (default: a fresh id).
+        :param owner: identity recorded in the claim (default: a fresh id); give a stable one
+            (a task instance's key) to make a retried rollback finish the first try's.
+        :param expected: roll back only if ``alias`` still points at this version (a guard passes
+            the version it watched: a newer promotion is never rolled back). Default: whatever
+            ``alias`` points at now.
+        :param record: what the history says (reason, DAG run ...); its kind is ``rollback``.
+        :raises PromotionRefused: no ``previous_alias`` to go back to, or ``alias`` is not on
+            ``expected`` any more.
         """
+        import dataclasses
         import uuid
         from datetime import datetime
 
         previous = self._alias_version_str(model_name, previous_alias)
         current = self._alias_version_str(model_name, alias)
+        guarded = current if expected is _UNSET else (None if expected is None else str(expected))
         if previous is None:
             raise PromotionRefused(
                 f"Cannot roll back {alias!r} of {model_name!r}: alias {previous_alias!r} is not set "
                 "(there was no earlier champion). Set the alias by hand or promote a version."
             )
+        target = previous
+        if current != guarded:
+            if not self._rolled_back_by(model_name, alias, owner, guarded, current):
+                raise alias_changed(model_name, alias, f"{previous} (a rollback)", guarded, current)
+            target = str(current)  # this owner's earlier try did it: finish, move nothing
         move = self.move_alias(
             model_name,
-            previous,
-            expected=current,
+            target,
+            expected=guarded,
             owner=owner or f"rollback/{uuid.uuid4().hex}",
             alias=alias,
             previous_alias=previous_alias,
+            record=dataclasses.replace(record or MoveRecord(), kind=MOVE_ROLLBACK),
         )
-        if current is not None:
+        if guarded is not None:
             now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-            self.client.set_model_version_tag(model_name, current, TAG_ROLLED_BACK_AT, now)
+            self.client.set_model_version_tag(model_name, guarded, TAG_ROLLED_BACK_AT, now)
         return move
+
+    def _rolled_back_by(
+        self, model_name: str, alias: str, owner: str | None, guarded: str | None, current: str | None
+    ) -> bool:
+        """Whether the alias's last move is ``owner``'s rollback of ``guarded`` (a retry's first try)."""
+        if not owner or current is None:
+            return False
+        history = self.alias_history(model_name, alias)
+        last = history[-1] if history else None
+        return (
+            last is not None
+            and last.kind == MOVE_ROLLBACK
+            and last.actor == owner
+            and (last.from_version, last.to_version) == (guarded, current)
+        )
 
     def _set_epoch(self, model_name: str, alias: str, epoch: int) -> None:
         self.client.set_registered_model_tag(model_name, TAG_ALIAS_EPOCH_PREFIX + alias, str(epoch))

@@ -390,7 +390,9 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
             )
         return str(experiment.experiment_id)
 
-    def claim(self, key: str, value: str, *, description: str = "") -> str:
+    def claim(
+        self, key: str, value: str, *, description: str = "", tags: Mapping[str, str] | None = None
+    ) -> str:
         """
         Bind ``value`` to ``key`` once; return the value that won.
 
@@ -398,12 +400,12 @@ class MlflowHook(ModelRegistryMixin, BaseHook):
         experiment is created together with its tags in one database transaction. The first
         caller's experiment holds the value; every later (or concurrent) caller reads it back.
         The claim experiment is soft-deleted right away so that it stays out of the UI; its name
-        stays reserved.
+        stays reserved. ``tags`` ride on the claim (written in the same create, never changed).
         """
         from mlflow.exceptions import MlflowException
 
         name = self.claim_name(key)
-        tags = {TAG_CLAIM_VALUE: value, TAG_CLAIM_KEY: key[:5000]}
+        tags = {**(tags or {}), TAG_CLAIM_VALUE: value, TAG_CLAIM_KEY: key[:5000]}
         if description:
             tags[TAG_NOTE] = description
         try:

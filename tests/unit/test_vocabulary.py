@@ -31,7 +31,7 @@ VOCABULARY_FILE = PACKAGE / "vocabulary.py"
 # a state key, an experiment): unique across all kinds.
 NAME_KINDS = ("TAG_", "METRIC_", "ARTIFACT_", "XCOM_", "TRIAL_ATTR_", "STATE_", "EXPERIMENT_")
 # Constants that are a value of a tag (or an alias name): unique within their kind.
-VALUE_KINDS = ("ROLE_", "STEP_", "TUNING_ROLE_", "PROMOTION_", "ALIAS_")
+VALUE_KINDS = ("ROLE_", "STEP_", "TUNING_ROLE_", "PROMOTION_", "ALIAS_", "HISTORY_OUTCOME_", "MOVE_")
 OTHER = {"FRESHNESS_STAGES"}
 # The same string on purpose, in two places that never meet: an Optuna attribute and an MLflow
 # tag or XCom key.

@@ -8,6 +8,7 @@ import uuid
 import pytest
 
 from airflow_ml_provider.exceptions import PromotionRefused
+from airflow_ml_provider.hooks._alias_history import MoveRecord, record_tags
 from airflow_ml_provider.hooks._registry import TAG_EPOCH_PREFIX
 from airflow_ml_provider.hooks.mlflow import MlflowHook
 
@@ -91,7 +92,8 @@ def test_a_retry_finishes_its_own_claimed_move(hook, model_name):
     v1, v2, v3 = (_version(hook, model_name, k) for k in ("a", "b", "c"))
     hook.move_alias(model_name, v1, expected=None, owner="a")
     # Crash right after claiming epoch 1: nothing moved yet.
-    assert hook.claim(f"registry/{model_name}/champion/epoch/1", "owner-b") == "owner-b"
+    tags = record_tags(model_name, "champion", 1, from_version=v1, to_version=v2, record=MoveRecord())
+    assert hook.claim(f"registry/{model_name}/champion/epoch/1", "owner-b", tags=tags) == "owner-b"
     with pytest.raises(PromotionRefused, match="another promotion"):
         hook.move_alias(model_name, v3, expected=v1, owner="owner-c")
     move = hook.move_alias(model_name, v2, expected=v1, owner="owner-b")
