@@ -10,6 +10,11 @@ training task:
 - ``skip``: the validation task is skipped, and so is its ``train``;
 - ``warn``: the anomalies are recorded and ``train`` runs.
 
+Version 2 is also checked against the training data of the model in production: the champion of
+``params.model_name`` carries the statistics and schema of the data it was trained on (its
+promotion attached them), so ``baseline="champion"`` needs no run id. Before a first model is
+promoted there is no champion, and the version is validated without a baseline.
+
 Every validation task's MLflow run holds the statistics, anomalies, schema, an HTML report and
 plots under ``validation/``.
 """
@@ -31,6 +36,7 @@ with DAG(
     params={
         "data_root": Param("/tmp/airflow-ml-provider/validation-demo", type="string"),
         "rows": Param(5000, type="integer", minimum=100),
+        "model_name": Param("churn", type="string"),
     },
     tags=["example", "ml", "validation"],
 ) as dag:
@@ -72,3 +78,14 @@ with DAG(
 
         validate_v1 >> validate_v2
         train(validate_v2.output)
+
+    # [START howto_operator_data_validation_champion_baseline]
+    validate_against_champion = DataValidationOperator(
+        task_id="validate_v2_against_champion",
+        data_uri="{{ ti.xcom_pull('generate_data')['versions'][1]['uri'] }}",
+        registered_model_name="{{ params.model_name }}",
+        baseline="champion",  # drift against the champion's own training data, with its schema
+        on_anomaly="warn",
+    )
+    # [END howto_operator_data_validation_champion_baseline]
+    generate >> validate_against_champion

@@ -11,6 +11,7 @@ from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.vocabulary import (
     ALIAS_CHAMPION,
     ALIAS_PREVIOUS_CHAMPION,
+    MOVE_PROMOTION,
     PROMOTION_ALREADY_CHAMPION,
     PROMOTION_PROMOTED,
     PROMOTION_REFUSED,
@@ -36,6 +37,7 @@ from airflow_ml_provider.vocabulary import (
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
+    from airflow_ml_provider.hooks._alias_history import MoveRecord
     from airflow_ml_provider.tracking import TaskRun
 
 ON_REFUSED = ("fail", "skip")
@@ -58,7 +60,9 @@ class PromoteModelOperator(MLflowTrackedOperator):
     ``previous_champion``. The version is tagged with its lineage: DAG run, dataset version, key
     metrics, and the MLflow runs of data validation, training, evaluation and infra validation.
 
-    Roll back with one call: ``MlflowHook().rollback_alias("churn")``.
+    Every move is recorded in the alias's history (``MlflowHook().alias_history("churn")``) with
+    the DAG run, task, dataset version, evaluation run and why. Roll back with one call:
+    ``MlflowHook().rollback_alias("churn")``, or let a :class:`ChampionGuardOperator` do it.
 
     :param model_name: the registered model (templated); created on the first promotion.
     :param evaluation: the evaluation task's output (templated; an XComArg such as
@@ -250,6 +254,16 @@ class PromoteModelOperator(MLflowTrackedOperator):
             self.model_name,
             uri,
         )
+        # Before the alias moves, so that a validation against the new champion finds its baseline.
+        from airflow_ml_provider.operators._baselines import attach_baseline
+
+        attach_baseline(
+            run,
+            self.model_name,
+            str(version.version),
+            identity.dag_run_key,
+            evaluation.get("training_run_id"),
+        )
         try:
             move = hook.move_alias(
                 self.model_name,
@@ -258,6 +272,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
                 owner=identity.ti_key,
                 alias=self.alias,
                 previous_alias=self.previous_alias,
+                record=self._move_record(identity, evaluation, expected),
             )
         except PromotionRefused as err:
             hook.client.set_model_version_tag(
@@ -289,6 +304,25 @@ class PromoteModelOperator(MLflowTrackedOperator):
             "%s of %s is now version %s (was %s).", self.alias, self.model_name, version.version, expected
         )
         return summary
+
+    def _move_record(self, identity: Any, evaluation: dict[str, Any], expected: str | None) -> MoveRecord:
+        """What the alias history says about this promotion."""
+        from airflow_ml_provider.hooks._alias_history import MoveRecord
+
+        against = f"champion version {expected}" if expected else "no champion (the first model)"
+        if self.alias != ALIAS_CHAMPION:
+            against = f"{self.alias} version {expected}" if expected else f"no {self.alias}"
+        metrics = evaluation.get("metrics") or {}
+        shown = ", ".join(f"{name} {metrics[name]:.4g}" for name in sorted(metrics)[:5])
+        return MoveRecord(
+            kind=MOVE_PROMOTION,
+            reason=f"Blessed against {against}" + (f" ({shown})." if shown else "."),
+            dag_id=identity.dag_id,
+            run_id=identity.run_id,
+            task_id=identity.task_id,
+            dataset_version=str(evaluation.get("dataset_version") or "") or None,
+            evaluation_run_id=evaluation.get("mlflow_run_id"),
+        )
 
     def _lineage_tags(
         self, run: TaskRun, identity: Any, evaluation: dict[str, Any], expected: str | None

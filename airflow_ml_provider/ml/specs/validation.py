@@ -8,6 +8,10 @@ from typing import Any
 from airflow_ml_provider.ml.specs._base import Reader, StepSpec, is_number
 
 ENGINES = ("in_memory", "beam")
+# What ``data_uri`` holds: data a model is (to be) trained on, or what a model sees in serving.
+DATA_ROLE_TRAINING = "training"
+DATA_ROLE_SERVING = "serving"
+DATA_ROLES = (DATA_ROLE_TRAINING, DATA_ROLE_SERVING)
 THRESHOLD_KEYS = frozenset({"categorical_linf", "numeric_jsd", "features"})
 DEFAULT_CHUNK_ROWS = 200_000
 _PATH = "is required (a path or URI string)."
@@ -50,7 +54,13 @@ class ValidateDataSpec(StepSpec):
     :param schema_uri: TFDV schema text proto. Missing file: a schema is inferred from this version
         and stored there (``schema_created``); null: inferred in memory, not stored.
     :param previous_statistics_uri: a ``statistics.pb`` of an earlier run, for the drift comparators.
-    :param serving_statistics_uri: a ``statistics.pb`` of serving data, for the skew comparators.
+    :param serving_statistics_uri: a ``statistics.pb`` of serving data, for the skew comparators
+        (``data_role`` training only).
+    :param data_role: ``"training"`` (default) or ``"serving"``: serving data is checked against the
+        schema in its ``SERVING`` environment (a schema without environments gets one in which the
+        label may be missing), and a missing schema file is an error rather than inferred from it.
+    :param training_statistics_uri: with ``data_role`` serving: the ``statistics.pb`` of the data the
+        model was trained on, the training side of the skew comparators (this data is the serving side).
     :param drift: ``{"categorical_linf": 0.1, "numeric_jsd": 0.03, "features": {name: threshold}}``
         (defaults calibrated on the demo generator, see ``ml/validation/schema.py``).
     :param skew: the same for train/serving skew.
@@ -71,6 +81,8 @@ class ValidateDataSpec(StepSpec):
     schema_uri: str | None = None
     previous_statistics_uri: str | None = None
     serving_statistics_uri: str | None = None
+    data_role: str = DATA_ROLE_TRAINING
+    training_statistics_uri: str | None = None
     drift: dict[str, Any] = field(default_factory=dict)
     skew: dict[str, Any] = field(default_factory=dict)
     label: str = "label"
@@ -92,8 +104,24 @@ class ValidateDataSpec(StepSpec):
             "skew": _thresholds(read, "skew"),
             "label": read.text("label", "label"),
         }
-        for key in ("schema_uri", "previous_statistics_uri", "serving_statistics_uri"):
+        for key in (
+            "schema_uri",
+            "previous_statistics_uri",
+            "serving_statistics_uri",
+            "training_statistics_uri",
+        ):
             values[key] = read.text(key)
+        values["data_role"] = read.choice("data_role", DATA_ROLES, DATA_ROLE_TRAINING)
+        # Each role has one other side for skew: serving data for training data, and the reverse.
+        serving = values["data_role"] == DATA_ROLE_SERVING
+        wrong = "serving_statistics_uri" if serving else "training_statistics_uri"
+        if values[wrong] is not None:
+            raise read.error(
+                wrong,
+                f"does not go with data_role {values['data_role']!r}: give serving_statistics_uri to "
+                "compare training data with serving data, or data_role 'serving' and "
+                "training_statistics_uri to compare serving data with training data.",
+            )
         return values
 
 

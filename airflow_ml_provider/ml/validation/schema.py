@@ -32,7 +32,9 @@ def load_schema(uri: str) -> Any:
     from google.protobuf import text_format
     from tensorflow_metadata.proto.v0 import schema_pb2
 
-    raw = read_bytes(uri, "schema_uri")
+    raw = (
+        _run_artifact_bytes(uri, "schema_uri") if uri.startswith("runs:/") else read_bytes(uri, "schema_uri")
+    )
     try:
         return text_format.Parse(raw.decode("utf-8"), schema_pb2.Schema())
     except (text_format.ParseError, UnicodeDecodeError) as err:
@@ -188,6 +190,29 @@ def schema_for_validation(
     if serving is not None:
         add_comparators(used, stats, serving, skew, "skew")
     return used
+
+
+def serving_environment(schema: Any, stats: Any, label: str) -> str | None:
+    """
+    The environment to check serving data in, setting one up in ``schema`` when it has none.
+
+    Serving data usually comes without the label. A schema without environments (an inferred one)
+    gets TFDV's ``TRAINING`` and ``SERVING`` environments with the label left out of ``SERVING``,
+    when this data lacks it; a curated schema's environments are used as they are.
+
+    :param schema: the schema copy used for validation (modified).
+    :param stats: statistics of the serving data.
+    :param label: the label column.
+    :return: ``"SERVING"``, or None when the schema declares no such environment.
+    """
+    if not schema.default_environment:
+        present = set(_feature_kinds(stats))
+        feature = next((f for f in schema.feature if f.name == label), None)
+        if feature is None or label in present:
+            return None
+        schema.default_environment.extend(["TRAINING", "SERVING"])
+        feature.not_in_environment.append("SERVING")
+    return "SERVING" if "SERVING" in schema.default_environment else None
 
 
 def _severity(info: Any) -> str:

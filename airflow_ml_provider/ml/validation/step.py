@@ -6,7 +6,7 @@ import logging
 import os
 from typing import Any
 
-from airflow_ml_provider.ml.specs.validation import InferSchemaSpec, ValidateDataSpec
+from airflow_ml_provider.ml.specs.validation import DATA_ROLE_SERVING, InferSchemaSpec, ValidateDataSpec
 from airflow_ml_provider.ml.validation import schema as schema_lib
 from airflow_ml_provider.ml.validation.io import (
     StagedOutput,
@@ -61,8 +61,15 @@ def _statistics(
 def _schema(settings: ValidateDataSpec, stats: Any) -> tuple[Any, bool]:
     """Load the schema at ``schema_uri`` or infer one; return it and whether it must be stored."""
     uri = settings.schema_uri
-    if uri and exists(uri):
+    if uri and (uri.startswith("runs:/") or exists(uri)):
         return schema_lib.load_schema(uri), False
+    if uri and settings.data_role == DATA_ROLE_SERVING:
+        # A schema stored from serving data (no label, serving's quirks) would then judge training data.
+        raise FileNotFoundError(
+            f"validate_data: schema_uri {uri!r} does not exist, and a schema is not inferred from serving "
+            "data (data_role 'serving'). Validate a training version first (it stores the schema there), "
+            "or leave schema_uri empty to check against a schema inferred in memory."
+        )
     return schema_lib.infer_schema_from_stats(stats), bool(uri)
 
 
@@ -99,11 +106,22 @@ def _write_artifacts(
 
 
 def _baselines(settings: ValidateDataSpec) -> tuple[Any | None, Any | None]:
+    """
+    The previous statistics (drift) and the other side of skew: serving statistics for training
+    data, training statistics for serving data.
+
+    TFDV measures skew from the statistics it validates (the training side) to its
+    ``serving_statistics``; for serving data the training statistics take that argument, so that
+    the schema check (and drift) stays on this data. Both skew measures, L-infinity distance and
+    Jensen-Shannon divergence, are symmetric, so the scores are those of TFDV's own orientation
+    (``tests/unit/ml/test_validation.py`` checks it).
+    """
     previous = settings.previous_statistics_uri
-    serving = settings.serving_statistics_uri
+    key = "training_statistics_uri" if settings.data_role == DATA_ROLE_SERVING else "serving_statistics_uri"
+    other = getattr(settings, key)
     return (
         schema_lib.load_statistics(previous, "previous_statistics_uri") if previous else None,
-        schema_lib.load_statistics(serving, "serving_statistics_uri") if serving else None,
+        schema_lib.load_statistics(other, key) if other else None,
     )
 
 
@@ -124,7 +142,7 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
     staging directory and moved into ``output_dir`` only when everything succeeded.
 
     :param spec: a :class:`~airflow_ml_provider.ml.specs.ValidateDataSpec` as a JSON dict.
-    :return: ``{"data_uri", "format", "label", "engine", "example_count", "feature_count",
+    :return: ``{"data_uri", "format", "data_role", "label", "engine", "example_count", "feature_count",
         "schema_uri", "schema_created", "anomalies": [{"feature", "kind", "short_description",
         "description", "severity"}], "anomaly_count", "drift", "skew", "artifacts": {"statistics",
         "anomalies_text", "anomalies_json", "schema", "report_html", "plots"}, "mlflow":
@@ -142,14 +160,20 @@ def validate_data(spec: dict[str, Any]) -> dict[str, Any]:
         used = schema_lib.schema_for_validation(
             schema, stats, previous, serving, dict(settings.drift), dict(settings.skew)
         )
+        serving_data = settings.data_role == DATA_ROLE_SERVING
         anomalies = tfdv.validate_statistics(
-            stats, used, previous_statistics=previous, serving_statistics=serving
+            stats,
+            used,
+            environment=schema_lib.serving_environment(used, stats, settings.label) if serving_data else None,
+            previous_statistics=previous,
+            serving_statistics=serving,
         )
         entries = schema_lib.anomaly_list(anomalies)
         drift, skew = schema_lib.drift_skew_scores(anomalies)
         result: dict[str, Any] = {
             "data_uri": settings.data_uri,
             "format": fmt,
+            "data_role": settings.data_role,
             "label": settings.label,
             "engine": settings.engine,
             "example_count": int(stats.datasets[0].num_examples),

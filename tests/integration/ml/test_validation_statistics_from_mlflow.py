@@ -47,6 +47,17 @@ def test_previous_statistics_come_from_an_mlflow_run(
     )
     assert {a["kind"] for a in second["anomalies"]} & {"drift", "DRIFT"} or second["drift"], second
 
+    # A version's baseline schema in MLflow (runs:/, as a step in a pod gets it) is read, not bootstrapped.
+    mlflow_client.log_artifact(run_id, first["artifacts"]["schema"], "validation")
+    from_mlflow = validate_data(
+        {
+            "data_uri": str(tmp_path / "data" / "version=0002"),
+            "output_dir": str(tmp_path / "out-schema"),
+            "schema_uri": f"runs:/{run_id}/validation/schema.pbtxt",
+        }
+    )
+    assert from_mlflow["schema_created"] is False and from_mlflow["anomalies"] == []
+
     with pytest.raises(
         ValueError, match=r"spec key 'previous_statistics_uri': cannot read 'runs:/.*/nothing.pb' from MLflow"
     ):

@@ -177,6 +177,72 @@ def test_skew_against_serving_statistics(data: dict[str, Any]) -> None:
     assert result["artifacts"]["plots"] == []
 
 
+def _serving_data(root: Path, v: int, target: Path) -> str:
+    """Version ``v`` as serving data: the same rows without the label."""
+    target.mkdir(parents=True, exist_ok=True)
+    read_version(version(root, v)).drop(columns=["label"]).to_csv(target / "part-00000.csv", index=False)
+    return str(target)
+
+
+def test_serving_data_is_checked_for_skew_against_training_statistics(
+    data: dict[str, Any], tmp_path: Path
+) -> None:
+    root = data["root"]
+    training_statistics = data["first"]["artifacts"]["statistics"]
+    serving = validate_data(
+        {
+            "data_uri": _serving_data(root, 4, tmp_path / "serving"),
+            "output_dir": str(tmp_path / "out-serving"),
+            "schema_uri": data["schema_uri"],  # inferred from training data: it has the label
+            "data_role": "serving",
+            "training_statistics_uri": training_statistics,
+        }
+    )
+    assert serving["data_role"] == "serving"
+    # The label is missing from serving data, as expected there (the SERVING environment).
+    assert "label" not in {a["feature"] for a in serving["anomalies"]}
+    assert set(DRIFTED) <= {f for f, k in kinds(serving) if k.startswith("COMPARATOR")}
+    assert serving["drift"] == {} and serving["skew"]["income"] > 0.03
+
+    # TFDV's own orientation (training data validated, serving statistics as the other side)
+    # scores the same: the skew measures are symmetric.
+    training = validate_data(
+        {
+            "data_uri": version(root, 1),
+            "output_dir": str(tmp_path / "out-training"),
+            "schema_uri": data["schema_uri"],
+            "serving_statistics_uri": serving["artifacts"]["statistics"],
+        }
+    )
+    assert (
+        set(serving["skew"])
+        == set(training["skew"])
+        == set(DRIFTED)
+        | {
+            "channel",
+            "is_active",
+            "num_products",
+            "region",
+        }
+    )
+    for feature, score in training["skew"].items():
+        assert serving["skew"][feature] == pytest.approx(score, abs=1e-12), feature
+
+
+def test_serving_data_bootstraps_no_schema(data: dict[str, Any], tmp_path: Path) -> None:
+    missing = tmp_path / "schema" / "schema.pbtxt"
+    with pytest.raises(FileNotFoundError, match="a schema is not inferred from serving data"):
+        validate_data(
+            {
+                "data_uri": _serving_data(data["root"], 2, tmp_path / "serving"),
+                "output_dir": str(tmp_path / "out"),
+                "schema_uri": str(missing),
+                "data_role": "serving",
+            }
+        )
+    assert not missing.exists()
+
+
 def test_report_is_self_contained(data: dict[str, Any]) -> None:
     result = run_against_first(data, 5)
     page = Path(result["artifacts"]["report_html"]).read_text()

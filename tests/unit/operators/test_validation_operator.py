@@ -13,6 +13,7 @@ pytestmark = pytest.mark.unit
 def test_template_fields_cover_the_inputs():
     fields = set(DataValidationOperator.template_fields)
     assert {"data_uri", "schema_uri", "previous_statistics_uri", "serving_statistics_uri", "drift"} <= fields
+    assert {"registered_model_name", "baseline"} <= fields
     assert {"data_uri", "schema_uri"} <= set(SchemaInferenceOperator.template_fields)
 
 
@@ -22,6 +23,24 @@ def test_template_fields_cover_the_inputs():
         ({"data_uri": "/d", "on_anomaly": "explode"}, "on_anomaly='explode' is not one of fail, skip, warn"),
         ({"data_uri": ""}, "data_uri is empty"),
         ({"data_uri": "/d", "runner": "cluster"}, "runner='cluster' is not one of"),
+        (
+            {"data_uri": "/d", "data_role": "production"},
+            "data_role='production' is not one of training, serving",
+        ),
+        (
+            {"data_uri": "/d", "baseline": "champion"},
+            "baseline='champion' and registered_model_name=None: give both",
+        ),
+        ({"data_uri": "/d", "registered_model_name": "churn"}, "give both"),
+        (
+            {
+                "data_uri": "/d",
+                "registered_model_name": "churn",
+                "baseline": "champion",
+                "previous_statistics_uri": "/p",
+            },
+            "previous_statistics_uri and baseline='champion' are both the drift baseline",
+        ),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -50,3 +69,15 @@ def test_failure_lists_each_anomaly_and_the_report():
     assert "region: ENUM_TYPE_UNEXPECTED_STRING_VALUES: Unexpected values" in text
     assert text.endswith("Full report: runs:/abc/validation/report.html")
     assert error.anomalies == anomalies
+
+
+def test_serving_data_may_take_the_champion_as_the_training_side_next_to_previous_statistics():
+    operator = DataValidationOperator(
+        task_id="v",
+        data_uri="/serving/v2",
+        registered_model_name="churn",
+        baseline="champion",
+        data_role="serving",
+        previous_statistics_uri="/serving/v1/statistics.pb",  # drift of serving data: allowed
+    )
+    operator._check_arguments()
