@@ -241,3 +241,21 @@ class DatasetVersion:
 
 
 _FIELDS = frozenset(PAYLOAD_KEYS)
+
+
+def version_in_uri(uri: str | None, pattern: str = "version=*") -> str | None:
+    """
+    The version a URI names by its version folder: ``"0001"`` for ``.../holdout/version=0001`` or
+    ``.../version=0001/part-00000.csv``; None when no component of it matches ``pattern``.
+
+    :param uri: a local path or any fsspec URI.
+    :param pattern: a version folder's name, one ``*`` standing for the version.
+    """
+    if not uri:
+        return None
+    prefix, _, suffix = pattern.partition("*")
+    path = str(uri).split("://", 1)[-1].split("?", 1)[0]
+    for part in reversed([p for p in path.split("/") if p]):
+        if part.startswith(prefix) and part.endswith(suffix) and len(part) > len(prefix) + len(suffix):
+            return part[len(prefix) : len(part) - len(suffix)]
+    return None

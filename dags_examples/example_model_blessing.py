@@ -3,7 +3,9 @@ Example: train, evaluate against the champion, infra-validate, and promote.
 
 ``train`` fits the demo classifier on one dataset version; ``evaluate`` compares it with the
 version holding alias ``champion`` of the registered model, per region and channel, with TFMA
-metrics and thresholds (the first run has no champion: value thresholds alone decide);
+metrics and thresholds (the first run has no champion: value thresholds alone decide), on the
+next dataset version and on a trusted holdout, and blesses it only if it passes on both (labels
+corrupted in the new version fool a comparison on that version alone, not one on the holdout);
 ``infra_validate`` loads the candidate in a separate process and times predictions; ``promote``
 registers the candidate and moves ``champion`` to it only if it is blessed by both and the
 champion is still the one it was compared with. Each task's MLflow run holds its report.
@@ -21,6 +23,11 @@ from airflow_ml_provider.operators.training import DistributedTrainingOperator
 
 RUN_DIR = "{{ params.data_root }}/{{ run_id | replace(':', '-') | replace('+', '-') }}"
 VERSIONS = "ti.xcom_pull('generate_data')['versions']"
+# [START howto_trusted_holdout]
+# A fixed, versioned holdout: curated once, checked by people, never written by the pipeline that
+# lands new versions (e.g. "s3://data/churn/holdout/version=0001"). A new holdout is a new version.
+HOLDOUT_URI = f"{RUN_DIR}/holdout/version=0001"
+# [END howto_trusted_holdout]
 # The training task returns a dict; a key of it is read with a template (``train.output["model_uri"]``
 # would look for an XCom *named* model_uri).
 MODEL_URI = "{{ ti.xcom_pull('train')['model_uri'] }}"
@@ -70,6 +77,12 @@ with DAG(
         step="generate_dataset",
         spec={"root": f"{RUN_DIR}/data", "versions": 2, "rows": "{{ params.rows }}"},
     )
+    # Stands in for the curated holdout: the same rows on every run (a fixed seed, its own folder).
+    generate_holdout = MLStepOperator(
+        task_id="generate_holdout",
+        step="generate_dataset",
+        spec={"root": f"{RUN_DIR}/holdout", "versions": [1], "rows": "{{ params.rows }}", "seed": 99},
+    )
     train = DistributedTrainingOperator(
         task_id="train",
         run_fn="airflow_ml_provider.ml.training.demo:run_fn",
@@ -86,6 +99,8 @@ with DAG(
         data_uri="{{ " + VERSIONS + "[1]['uri'] }}",
         registered_model_name="{{ params.model_name }}",  # baseline: its alias "champion"
         eval_config=EVAL_CONFIG,
+        holdout_uri=HOLDOUT_URI,  # its version, 0001, goes into the record
+        evaluate_on="both",  # blessed only if the thresholds hold on the new version and the holdout
         on_not_blessed="fail",
     )
     # [END howto_operator_model_evaluation]
@@ -110,3 +125,4 @@ with DAG(
     # [END howto_operator_promote_model]
 
     generate >> train >> [evaluate, infra_validate] >> promote
+    generate_holdout >> evaluate

@@ -6,7 +6,9 @@ import json
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from airflow_ml_provider.dataset_version import version_in_uri
 from airflow_ml_provider.links.mlflow import EvaluationReportLink
+from airflow_ml_provider.ml.specs.evaluation import DATA, EVALUATE_ON, HOLDOUT, evaluated_datasets
 from airflow_ml_provider.operators._placement import POD_PLACEMENT_TEMPLATE_FIELDS
 from airflow_ml_provider.operators.base import MLflowTrackedOperator
 from airflow_ml_provider.operators.step import ON_PROBLEM, MLStepOperator
@@ -14,6 +16,8 @@ from airflow_ml_provider.vocabulary import (
     ARTIFACT_EVALUATION_DIR,
     ARTIFACT_EVALUATION_RECORD,
     STEP_EVALUATE_MODEL,
+    TAG_EVALUATED_ON,
+    TAG_EVALUATION_DATASET_PREFIX,
 )
 
 if TYPE_CHECKING:
@@ -44,9 +48,24 @@ class ModelEvaluationOperator(MLStepOperator):
     (alias and version evaluated against), ``failures`` (slice, metric, value, bound, baseline
     value), overall ``metrics``, ``dataset_version`` and the MLflow run ids.
 
+    **A trusted holdout.** A change threshold compares the candidate with the champion on the data
+    given, so it cannot see labels corrupted in the new version itself (the champion scores as badly
+    on them). ``holdout_uri`` names a fixed, versioned holdout (``.../holdout/version=0001``) that
+    both models are evaluated on as well (``evaluate_on="both"``, the default with a holdout) or
+    instead (``"holdout"``); the candidate is blessed only when it meets the thresholds on every
+    dataset evaluated. The holdout's metrics are named ``holdout/auc``, ``holdout/diff/auc`` ...;
+    the record's ``evaluations`` gives each dataset's URI, dataset version, verdict and overall
+    metrics, ``metrics`` are those of the first one (``metrics_dataset``).
+
     :param candidate_model_uri: the candidate (templated), e.g. ``"{{ ti.xcom_pull('train')['model_uri'] }}"``.
     :param eval_config: a TFMA EvalConfig: dict, JSON or text proto (templated).
-    :param data_uri: the evaluation dataset version (templated).
+    :param data_uri: the evaluation dataset version (templated); with ``evaluate_on="holdout"``
+        optional, and only recorded.
+    :param holdout_uri: a fixed, versioned holdout both models are evaluated on (templated), e.g.
+        ``"s3://data/churn/holdout/version=0001"``; its version (``0001``) is read from the path.
+    :param evaluate_on: ``"data"``, ``"holdout"`` or ``"both"`` (templated); default: ``"both"``
+        with a ``holdout_uri``, else ``"data"``.
+    :param holdout_format: the holdout's ``"csv"`` or ``"parquet"`` (templated; default: ``data_format``).
     :param registered_model_name: registered model whose ``baseline_alias`` is the baseline
         (templated).
     :param baseline_alias: the alias holding the production model (default ``champion``).
@@ -68,8 +87,8 @@ class ModelEvaluationOperator(MLStepOperator):
     """
 
     cache_by_default = True
-    dataset_inputs = ("data_uri",)
-    cache_inputs = ("data_uri",)
+    dataset_inputs = ("data_uri", "holdout_uri")
+    cache_inputs = ("data_uri", "holdout_uri")
     cache_artifacts = (ARTIFACT_DIR,)
     artifact_dir = ARTIFACT_DIR
     # The baseline's name and version, for blessing.json: baseline_model_uri (in the key) names it.
@@ -79,6 +98,9 @@ class ModelEvaluationOperator(MLStepOperator):
         "candidate_model_uri",
         "eval_config",
         "data_uri",
+        "holdout_uri",
+        "evaluate_on",
+        "holdout_format",
         "registered_model_name",
         "baseline_alias",
         "baseline_model_uri",
@@ -98,7 +120,10 @@ class ModelEvaluationOperator(MLStepOperator):
         *,
         candidate_model_uri: Any,
         eval_config: Any,
-        data_uri: str,
+        data_uri: str | None = None,
+        holdout_uri: str | None = None,
+        evaluate_on: str | None = None,
+        holdout_format: str | None = None,
         registered_model_name: str | None = None,
         baseline_alias: str = "champion",
         baseline_model_uri: str | None = None,
@@ -116,6 +141,9 @@ class ModelEvaluationOperator(MLStepOperator):
         self.candidate_model_uri = candidate_model_uri
         self.eval_config = eval_config
         self.data_uri = data_uri
+        self.holdout_uri = holdout_uri
+        self.evaluate_on = evaluate_on
+        self.holdout_format = holdout_format
         self.registered_model_name = registered_model_name
         self.baseline_alias = baseline_alias
         self.baseline_model_uri = baseline_model_uri
@@ -141,12 +169,42 @@ class ModelEvaluationOperator(MLStepOperator):
                 f"{where}: candidate_model_uri must be a model URI (e.g. train.output['model_uri']), "
                 f"got {self.candidate_model_uri!r}."
             )
-        if not self.data_uri:
-            raise ValueError(f"{where}: data_uri is empty (after rendering the template).")
+        self._check_datasets(where)
         if not self.eval_config:
             raise ValueError(
                 f"{where}: eval_config is empty; give a TFMA EvalConfig (dict, JSON or text proto)."
             )
+
+    def _check_datasets(self, where: str) -> None:
+        if self.evaluate_on not in (None, *EVALUATE_ON):
+            raise ValueError(
+                f"{where}: evaluate_on={self.evaluate_on!r} is not one of {', '.join(EVALUATE_ON)}."
+            )
+        datasets = self._datasets()
+        if DATA in datasets and not self.data_uri:
+            raise ValueError(f"{where}: data_uri is empty (after rendering the template).")
+        if HOLDOUT in datasets and not self.holdout_uri:
+            raise ValueError(
+                f"{where}: evaluate_on={self.evaluate_on!r} needs holdout_uri, a fixed, versioned holdout "
+                "(e.g. '.../holdout/version=0001'); it is empty."
+            )
+        if self.holdout_uri and HOLDOUT not in datasets:
+            raise ValueError(
+                f"{where}: holdout_uri is given but evaluate_on='data' does not read it; use 'both' or "
+                "'holdout', or drop holdout_uri."
+            )
+
+    def _datasets(self) -> tuple[str, ...]:
+        """The datasets evaluated, in order (the spec's rule, read by the step too)."""
+        return evaluated_datasets(self.evaluate_on, self.holdout_uri)
+
+    def _versions(self) -> dict[str, str | None]:
+        """Each dataset's version: the data's is the run's (or its folder's), the holdout's its folder's."""
+        data_version = self.dataset_version or version_in_uri(self.data_uri)
+        return {
+            DATA: None if data_version is None else str(data_version),
+            HOLDOUT: version_in_uri(self.holdout_uri),
+        }
 
     def _resolve_baseline(self, run: TaskRun) -> dict[str, Any] | None:
         """The baseline: an explicit URI, else the alias holder, else None (first run)."""
@@ -183,8 +241,11 @@ class ModelEvaluationOperator(MLStepOperator):
             "candidate_model_uri": str(self.candidate_model_uri),
             "baseline_model_uri": (self._baseline or {}).get("model_uri"),
             "baseline": self._baseline_summary(),
-            "data_uri": str(self.data_uri),
+            "data_uri": str(self.data_uri) if DATA in self._datasets() else None,
+            "holdout_uri": str(self.holdout_uri) if self.holdout_uri else None,
+            "evaluate_on": self.evaluate_on,
             "format": self.data_format,
+            "holdout_format": self.holdout_format,
             "eval_config": config if isinstance(config, dict | str) else str(config),
             "label_key": self.label_key,
             "example_weight_key": self.example_weight_key,
@@ -197,7 +258,7 @@ class ModelEvaluationOperator(MLStepOperator):
             "context": {
                 "DAG run": str(context["ti"].run_id),
                 "dataset version": str(self.dataset_version or "-"),
-                "data": str(self.data_uri),
+                **self._describe_datasets(),
                 "baseline": self._describe_baseline(),
             },
         }
@@ -218,6 +279,18 @@ class ModelEvaluationOperator(MLStepOperator):
             return None
         return {k: baseline.get(k) for k in ("model_name", "alias", "version", "model_uri")}
 
+    def _describe_datasets(self) -> dict[str, str]:
+        """The report's lines naming the data: ``data`` (as before holdouts) and ``holdout``."""
+        datasets, versions = self._datasets(), self._versions()
+        lines = {}
+        if self.data_uri:
+            lines[DATA] = str(self.data_uri) + (
+                "" if DATA in datasets else " (not evaluated: evaluate_on='holdout')"
+            )
+        if self.holdout_uri:
+            lines[HOLDOUT] = f"{self.holdout_uri} (version {versions[HOLDOUT] or 'unknown'})"
+        return lines
+
     def _describe_baseline(self) -> str:
         if self._baseline is None:
             return "none (first model: value thresholds only)"
@@ -228,8 +301,22 @@ class ModelEvaluationOperator(MLStepOperator):
     def handle_result(
         self, context: Context, run: TaskRun, spec: dict[str, Any], result: dict[str, Any]
     ) -> Any:
+        evaluations = self._evaluations(result)
+        tags = {TAG_EVALUATED_ON: ",".join(evaluations)}
+        for name, evaluation in evaluations.items():
+            prefix = f"{TAG_EVALUATION_DATASET_PREFIX}{name}."
+            tags.update(
+                {
+                    f"{prefix}uri": evaluation["data_uri"],
+                    f"{prefix}blessed": str(evaluation["blessed"]).lower(),
+                }
+            )
+            if evaluation["dataset_version"] is not None:
+                tags[f"{prefix}version"] = evaluation["dataset_version"]
+        tracked = result.get("mlflow") or {}
+        result = {**result, "mlflow": {**tracked, "tags": {**(tracked.get("tags") or {}), **tags}}}
         super().handle_result(context, run, spec, result)
-        record = self._blessing_record(run, result)
+        record = self._blessing_record(run, result, evaluations)
         run.hook.client.log_text(
             run.run_id, json.dumps(record, indent=1, default=str), ARTIFACT_EVALUATION_RECORD
         )
@@ -297,7 +384,30 @@ class ModelEvaluationOperator(MLStepOperator):
         self.gate(self.on_not_blessed, error, argument="on_not_blessed")
         return record
 
-    def _blessing_record(self, run: TaskRun, result: dict[str, Any]) -> dict[str, Any]:
+    def _evaluations(self, result: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        """Each dataset's URI, version, verdict and overall metrics, in the order evaluated."""
+        versions = self._versions()
+        evaluations = result.get("evaluations") or {
+            DATA: {
+                "data_uri": str(self.data_uri),
+                "blessed": bool(result["blessed"]),
+                "metrics": result["metrics"],
+            }
+        }
+        return {
+            name: {
+                **evaluation,
+                "data_uri": str(evaluation["data_uri"]),
+                "dataset_version": versions.get(name),
+                # Where its files are in the task's run: the first dataset's at the top.
+                "artifact_dir": "/".join(filter(None, (ARTIFACT_DIR, evaluation.get("artifact_dir")))),
+            }
+            for name, evaluation in evaluations.items()
+        }
+
+    def _blessing_record(
+        self, run: TaskRun, result: dict[str, Any], evaluations: dict[str, dict[str, Any]]
+    ) -> dict[str, Any]:
         base = f"runs:/{run.run_id}/{ARTIFACT_DIR}"
         return {
             "blessed": bool(result["blessed"]),
@@ -311,7 +421,11 @@ class ModelEvaluationOperator(MLStepOperator):
             "example_count": result["example_count"],
             "engine": result["engine"],
             "dataset_version": self.dataset_version,
-            "data_uri": str(self.data_uri),
+            "data_uri": str(self.data_uri) if self.data_uri else None,
+            # Which data each number comes from: `metrics` are those of the first dataset evaluated.
+            "evaluated_on": list(evaluations),
+            "metrics_dataset": next(iter(evaluations)),
+            "evaluations": evaluations,
             "training_run_id": run.hook.training_run_id(result["candidate_model_uri"]),
             "mlflow_run_id": run.run_id,
             "report": f"{base}/report.html" + (f" ({run.url})" if run.url else ""),

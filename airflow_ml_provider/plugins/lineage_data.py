@@ -467,7 +467,13 @@ def _evaluation(hook: MlflowHook, run: Run) -> dict[str, Any]:
     record = _json_artifact(hook, run, ARTIFACT_EVALUATION_RECORD) or {}
     per_slice = (_json_artifact(hook, run, ARTIFACT_EVALUATION_METRICS) or {}).get("metrics") or {}
     thresholds = _json_artifact(hook, run, ARTIFACT_EVALUATION_THRESHOLDS) or []
-    failed = {(f.get("slice"), f.get("metric")) for f in record.get("failures") or []}
+    # The per-slice table is the first dataset evaluated's (the new version, or the holdout alone).
+    shown = record.get("metrics_dataset")
+    failed = {
+        (f.get("slice"), f.get("metric"))
+        for f in record.get("failures") or []
+        if f.get("dataset") in (None, shown)
+    }
     slices = []
     for name, models in list(per_slice.items())[:MAX_SLICES]:
         candidate = models.get("candidate") or {}

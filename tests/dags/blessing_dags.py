@@ -50,6 +50,27 @@ with DAG(dag_id="blessing_skip", schedule=None, render_template_as_native_obj=Tr
         task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
     )
 
+# A trusted holdout: evaluated on the new version and on the holdout (evaluate_on="both", the default
+# with a holdout_uri); blessed only on both.
+with DAG(
+    dag_id="blessing_holdout",
+    schedule=None,
+    render_template_as_native_obj=True,
+    params={**PARAMS, "holdout_uri": ""},
+):
+    evaluate = ModelEvaluationOperator(
+        task_id="evaluate",
+        candidate_model_uri="{{ params.candidate_uri }}",
+        data_uri="{{ params.data_uri }}",
+        holdout_uri="{{ params.holdout_uri }}",
+        registered_model_name="{{ params.model_name }}",
+        eval_config=EVAL_CONFIG,
+        retries=0,
+    )
+    PromoteModelOperator(
+        task_id="promote", model_name="{{ params.model_name }}", evaluation=evaluate.output, retries=0
+    )
+
 with DAG(
     dag_id="blessing_crash_after_register", schedule=None, render_template_as_native_obj=True, params=PARAMS
 ):

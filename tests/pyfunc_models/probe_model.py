@@ -23,6 +23,8 @@ class ProbeModel(PythonModel):
             time.sleep(0.05)
         if self.behaviour == "short":
             return values[:-1]
+        if self.behaviour == "inverted":  # what a model learns from labels flipped upstream
+            values = -values
         return 1 / (1 + np.exp(-values / 100))
 
 

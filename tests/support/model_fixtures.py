@@ -42,10 +42,22 @@ EVAL_CONFIG: dict[str, Any] = {
 }
 
 
-def churn_version(root: Path, rows: int = 4000, seed: int = 11) -> str:
-    """Write one demo dataset version under ``root``; return its URI."""
+def churn_version(root: Path, rows: int = 4000, seed: int = 11, *, flip_labels: bool = False) -> str:
+    """
+    Write one demo dataset version under ``root``; return its URI.
+
+    :param flip_labels: every label inverted, as an encoding bug upstream would leave them.
+    """
     result = generate_dataset({"root": str(root), "versions": 1, "rows": rows, "seed": seed})
-    return str(result["versions"][0]["uri"])
+    uri = str(result["versions"][0]["uri"])
+    if flip_labels:
+        import pandas as pd
+
+        for part in sorted(Path(uri).glob("part-*.csv")):
+            frame = pd.read_csv(part)
+            frame["label"] = 1 - frame["label"]
+            frame.to_csv(part, index=False)
+    return uri
 
 
 def log_churn_model(tracking_uri: str, experiment: str, data_uri: str, quality: str) -> str:

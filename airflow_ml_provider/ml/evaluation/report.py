@@ -2,7 +2,8 @@
 
 The verdict and the failed thresholds come first; then every slice's metrics with candidate,
 baseline and difference; one bar chart per metric compares the candidate with the baseline over
-the largest slices.
+the largest slices. An evaluation on several datasets (the new version and a holdout) has one
+section of these per dataset, each with its own verdict, under the overall one.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import base64
 import math
 import re
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from airflow_ml_provider.ml.evaluation.results import BASELINE, CANDIDATE, OVERALL, EvalOutput
@@ -126,45 +129,86 @@ def _metric_rows(output: EvalOutput) -> str:
     return f"<h2>Metrics per slice</h2><table>{head}{''.join(rows)}</table>"
 
 
-def render_html(
-    output: EvalOutput,
-    *,
-    title: str,
-    candidate_uri: str,
-    baseline_uri: str | None,
-    blessed: bool,
-    context: dict[str, str],
-    images: dict[str, bytes],
-) -> str:
-    """The report as one HTML document."""
-    verdict = "BLESSED" if blessed else "NOT BLESSED"
-    css_class = "blessed" if blessed else "not-blessed"
-    facts = {
-        "candidate": candidate_uri,
-        "baseline": baseline_uri or "none (first model: value thresholds only)",
-        "engine": output.engine,
-        "examples": str(output.example_count),
-        "slices": str(len(output.metrics)),
-        **context,
-    }
-    fact_rows = "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+@dataclass(frozen=True)
+class DatasetSection:
+    """One evaluated dataset in the report: its name, URI, numbers, and the folder for its plots."""
+
+    name: str  # "data" or "holdout"
+    data_uri: str
+    output: EvalOutput
+    folder: str = ""  # relative to the report's folder
+
+
+def _body(output: EvalOutput, images: dict[str, bytes]) -> str:
+    """The failed thresholds, notes, plots and metrics of one dataset."""
     notes = "".join(f"<li>{_e(n)}</li>" for n in output.notes)
     pictures = "".join(
         f"<img alt='{_e(name)}' src='data:image/png;base64,{base64.b64encode(data).decode()}'>"
         for name, data in images.items()
     )
     return (
-        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
-        f"<style>{_CSS}{_EXTRA_CSS}</style></head><body><h1>{_e(title)}</h1>"
-        f"<div class='verdict {css_class}'>{verdict}</div><table>{fact_rows}</table>"
         f"{_failure_rows(output)}{f'<ul>{notes}</ul>' if notes else ''}"
         f"<h2>Candidate against baseline</h2><div class='plots'>{pictures}</div>{_metric_rows(output)}"
-        "</body></html>"
+    )
+
+
+def _verdict(blessed: bool) -> str:
+    css_class = "blessed" if blessed else "not-blessed"
+    return f"<div class='verdict {css_class}'>{'BLESSED' if blessed else 'NOT BLESSED'}</div>"
+
+
+def _facts(facts: dict[str, str]) -> str:
+    return (
+        "<table>"
+        + "".join(f"<tr><th>{_e(k)}</th><td>{_e(v)}</td></tr>" for k, v in facts.items())
+        + "</table>"
+    )
+
+
+def _output_facts(output: EvalOutput) -> dict[str, str]:
+    return {
+        "engine": output.engine,
+        "examples": str(output.example_count),
+        "slices": str(len(output.metrics)),
+    }
+
+
+def render_html(
+    sections: Sequence[tuple[DatasetSection, dict[str, bytes]]],
+    *,
+    title: str,
+    candidate_uri: str,
+    baseline_uri: str | None,
+    blessed: bool,
+    context: dict[str, str],
+) -> str:
+    """
+    The report as one HTML document: the verdict, then each dataset (with one dataset, its
+    numbers directly under the verdict; with several, a section each, with its own verdict).
+    """
+    facts = {
+        "candidate": candidate_uri,
+        "baseline": baseline_uri or "none (first model: value thresholds only)",
+    }
+    if len(sections) == 1:
+        facts.update(_output_facts(sections[0][0].output))
+        body = _body(sections[0][0].output, sections[0][1])
+    else:
+        body = "".join(
+            f"<h2>On the {_e(section.name)}: {_e(section.data_uri)}</h2>{_verdict(section.output.validation_ok)}"
+            f"{_facts(_output_facts(section.output))}{_body(section.output, images)}"
+            for section, images in sections
+        )
+    facts.update(context)
+    return (
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(title)}</title>"
+        f"<style>{_CSS}{_EXTRA_CSS}</style></head><body><h1>{_e(title)}</h1>"
+        f"{_verdict(blessed)}{_facts(facts)}{body}</body></html>"
     )
 
 
 def write_report(
-    output: EvalOutput,
+    sections: Sequence[DatasetSection],
     out_dir: str,
     *,
     title: str,
@@ -174,29 +218,32 @@ def write_report(
     context: dict[str, str] | None = None,
 ) -> dict[str, str]:
     """
-    Write ``report.html`` and ``plots/<metric>.png`` into ``out_dir``; return the relative paths.
+    Write ``report.html`` and each dataset's ``plots/<metric>.png`` into ``out_dir`` (a dataset's
+    plots under its ``folder``); return the relative paths.
 
-    :param output: the engine's result.
+    :param sections: the evaluated datasets, in order (one for an evaluation on one dataset).
     :param out_dir: the (staging) directory.
     :param title: heading of the report.
     :param candidate_uri: the candidate model.
     :param baseline_uri: the baseline model, or None on a first run.
-    :param blessed: the verdict.
+    :param blessed: the verdict (on every dataset).
     :param context: extra facts shown in the header (DAG run, dataset version ...).
     """
     out = Path(out_dir)
-    plots = _plots(output, out)
-    images = {name: path.read_bytes() for name, path in plots.items()}
+    written = {"report": "report.html"}
+    rendered = []
+    for section in sections:
+        plots = _plots(section.output, out / section.folder)
+        rendered.append((section, {name: path.read_bytes() for name, path in plots.items()}))
+        prefix = f"{section.name}:" if section.folder else ""
+        written.update({f"plot:{prefix}{name}": str(path.relative_to(out)) for name, path in plots.items()})
     page = render_html(
-        output,
+        rendered,
         title=title,
         candidate_uri=candidate_uri,
         baseline_uri=baseline_uri,
         blessed=blessed,
         context=context or {},
-        images=images,
     )
     (out / "report.html").write_text(page, encoding="utf-8")
-    written = {"report": "report.html"}
-    written.update({f"plot:{name}": str(path.relative_to(out)) for name, path in plots.items()})
     return written

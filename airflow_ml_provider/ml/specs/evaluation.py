@@ -8,6 +8,15 @@ from typing import Any
 from airflow_ml_provider.ml.specs._base import Reader, StepSpec, is_number
 
 ENGINES = ("auto", "fast", "beam")
+# The datasets an evaluation can read: ``data`` (the new version, ``data_uri``) and ``holdout`` (a
+# fixed, versioned holdout, ``holdout_uri``); ``evaluate_on`` names one of them or ``both``.
+DATA = "data"
+HOLDOUT = "holdout"
+BOTH = "both"
+EVALUATE_ON = (DATA, HOLDOUT, BOTH)
+#: The prefix of each dataset's MLflow metric names (``holdout/auc``, ``holdout/diff/auc``); the
+#: data's numbers keep the names they always had (``auc``, ``diff/auc``).
+METRIC_PREFIXES = {DATA: "", HOLDOUT: "holdout/"}
 BASELINE_KEYS = ("model_name", "alias", "version", "model_uri")
 INFRA_DEFAULTS: dict[str, Any] = {
     "sample_rows": 100,
@@ -34,6 +43,47 @@ def _eval_config(read: Reader) -> dict[str, Any] | str:
     return value
 
 
+def evaluated_datasets(evaluate_on: str | None, holdout_uri: str | None) -> tuple[str, ...]:
+    """
+    The datasets an evaluation reads, the first one's artifacts at the top of its folder.
+
+    ``evaluate_on`` None means ``both`` when a holdout is given, else ``data`` (as before holdouts).
+    """
+    mode = evaluate_on or (BOTH if holdout_uri else DATA)
+    return (DATA, HOLDOUT) if mode == BOTH else (mode,)
+
+
+def _datasets(read: Reader) -> dict[str, Any]:
+    """``evaluate_on``, ``data_uri`` and ``holdout_uri``: each dataset evaluated must be given."""
+    holdout_uri = read.text("holdout_uri")
+    evaluate_on = read.spec.get("evaluate_on")
+    if evaluate_on is not None and evaluate_on not in EVALUATE_ON:
+        raise read.error("evaluate_on", f"must be one of {list(EVALUATE_ON)}, got {evaluate_on!r}.")
+    datasets = evaluated_datasets(evaluate_on, holdout_uri)
+    data_uri: str | None
+    if DATA in datasets:
+        data_uri = read.required_text(
+            "data_uri", "is required (a URI or path string); with evaluate_on='holdout' it may be left out."
+        )
+    else:
+        data_uri = read.text("data_uri")
+    if HOLDOUT in datasets and not holdout_uri:
+        raise read.error(
+            "holdout_uri",
+            f"is required with evaluate_on={evaluate_on!r}: a fixed, versioned holdout "
+            "(e.g. '.../holdout/version=0001').",
+        )
+    if holdout_uri and HOLDOUT not in datasets:
+        raise read.error(
+            "holdout_uri", "is given but evaluate_on='data' does not read it; use 'both' or 'holdout'."
+        )
+    return {
+        "evaluate_on": BOTH if len(datasets) > 1 else datasets[0],
+        "data_uri": data_uri,
+        "holdout_uri": holdout_uri,
+    }
+
+
 def _baseline(read: Reader) -> dict[str, Any] | None:
     value = read.get("baseline")
     if value is not None and not isinstance(value, dict):
@@ -48,7 +98,8 @@ class EvaluateModelSpec(StepSpec):
     semantics. Unknown keys are an error.
 
     :param candidate_model_uri: the candidate, any URI ``mlflow.pyfunc.load_model`` takes (required).
-    :param data_uri: the evaluation dataset version, a csv/parquet file or directory (required).
+    :param data_uri: the evaluation dataset version, a csv/parquet file or directory (required,
+        unless ``evaluate_on`` is ``"holdout"``).
     :param output_dir: where the artifacts go (required): ``metrics.json``, ``blessing.json``,
         ``thresholds.json``, ``eval_config.pbtxt``, ``report.html``, ``plots/``.
     :param eval_config: a TFMA ``EvalConfig`` (required) as a dict (protobuf JSON), a JSON string
@@ -58,6 +109,13 @@ class EvaluateModelSpec(StepSpec):
     :param baseline: what the baseline is, for ``blessing.json``: ``model_name``, ``alias``,
         ``version`` (the registered version the alias held), ``model_uri`` (optional).
     :param format: ``"csv"``, ``"parquet"`` or null to tell by file extension.
+    :param holdout_uri: a fixed, versioned holdout (a csv/parquet file or directory) that both
+        models are evaluated on too, or instead (``evaluate_on``).
+    :param holdout_format: the holdout's format, like ``format`` (default: ``format``).
+    :param evaluate_on: ``"data"``, ``"holdout"`` or ``"both"``; null: ``"both"`` when
+        ``holdout_uri`` is given, else ``"data"``. With both, the candidate is blessed only when
+        it meets the thresholds on each; the first dataset's files are at the top of
+        ``output_dir``, the holdout's under ``holdout/`` (its metrics named ``holdout/...``).
     :param label_key: the label column (default ``"label"``; null: the one ``eval_config``'s model
         spec names).
     :param example_weight_key: a weight column, or null.
@@ -75,9 +133,12 @@ class EvaluateModelSpec(StepSpec):
     strict = True
 
     candidate_model_uri: str
-    data_uri: str
     output_dir: str
     eval_config: dict[str, Any] | str
+    data_uri: str | None = None
+    holdout_uri: str | None = None
+    holdout_format: str | None = None
+    evaluate_on: str = DATA
     baseline_model_uri: str | None = None
     baseline: dict[str, Any] | None = None
     format: str | None = None
@@ -95,8 +156,7 @@ class EvaluateModelSpec(StepSpec):
         read = Reader(spec, cls.step)
         required = "is required (a URI or path string)."
         values: dict[str, Any] = {
-            key: read.required_text(key, required)
-            for key in ("candidate_model_uri", "data_uri", "output_dir")
+            key: read.required_text(key, required) for key in ("candidate_model_uri", "output_dir")
         }
         # An explicit null label_key leaves the label to eval_config's model spec.
         label_key = spec["label_key"] if "label_key" in spec else "label"
@@ -104,6 +164,8 @@ class EvaluateModelSpec(StepSpec):
             raise read.error("label_key", f"must be a column name or null, got {label_key!r}.")
         return {
             **values,
+            **_datasets(read),
+            "holdout_format": read.data_format("holdout_format"),
             "eval_config": _eval_config(read),
             "engine": read.choice("engine", ENGINES, "auto"),
             "baseline": _baseline(read),
@@ -117,6 +179,15 @@ class EvaluateModelSpec(StepSpec):
                 for key in ("baseline_model_uri", "example_weight_key", "tracking_uri", "title")
             },
         }
+
+    def datasets(self) -> tuple[tuple[str, str, str | None], ...]:
+        """``(name, uri, format)`` of each dataset to evaluate, in order."""
+        uris = {
+            DATA: (self.data_uri, self.format),
+            HOLDOUT: (self.holdout_uri, self.holdout_format or self.format),
+        }
+        names = evaluated_datasets(self.evaluate_on, self.holdout_uri)
+        return tuple((name, str(uris[name][0]), uris[name][1]) for name in names)
 
 
 def _positive(read: Reader, key: str, kind: type) -> Any:

@@ -126,3 +126,84 @@ def test_retry_after_crash_between_register_and_alias(
     assert len(mlflow_client.search_model_versions(f"name = '{name}'")) == 1
     assert _champion(mlflow_client, name) == "1"
     record_property("measured", "promote ran twice (try 2): 1 registered version, champion moved once to it")
+
+
+@pytest.fixture(scope="module")
+def flipped(tmp_path_factory, mlflow_server):
+    """
+    A new version whose labels were all flipped upstream, a candidate trained on it (the good
+    feature set), and a trusted holdout (a fixed version the flip did not reach).
+    """
+    root = tmp_path_factory.mktemp("flipped")
+    new_uri = churn_version(root / "churn", seed=13, flip_labels=True)
+    return {
+        "new_uri": new_uri,
+        "holdout_uri": churn_version(root / "holdout", seed=14),
+        "candidate": log_churn_model(mlflow_server.url, "blessing_models", new_uri, "good"),
+    }
+
+
+def test_a_trusted_holdout_catches_labels_flipped_in_the_new_version(
+    airflow_db, mlflow_conn, mlflow_client, churn, flipped, tmp_path
+):
+    name = f"churn_{uuid.uuid4().hex[:6]}"
+    dag = load_dag("blessing_holdout")
+    holdout = flipped["holdout_uri"]
+
+    # First model, on clean data and the holdout: value thresholds on both; promoted.
+    first = run_dag(dag, conf=_conf(churn, name, "good", holdout_uri=holdout))
+    record = task_xcom(first, "evaluate")
+    assert record["blessed"] and record["evaluated_on"] == ["data", "holdout"]
+    assert record["evaluations"]["holdout"]["metrics"]["auc"] > 0.7
+    assert _champion(mlflow_client, name) == "1"
+
+    # The candidate learned the flipped labels. On the new version it beats the champion, which
+    # scores as badly on those labels: the change threshold passes there. On the holdout it is
+    # far worse than the champion: not blessed, and the champion stays.
+    conf = _conf(churn, name, "good", holdout_uri=holdout, data_uri=flipped["new_uri"])
+    conf |= {
+        "candidate_uri": flipped["candidate"],
+        "dataset_version": {"version": "0007", "uri": flipped["new_uri"]},
+    }
+    corrupted = run_dag(dag, conf=conf, expect="failed")
+    assert task_states(corrupted) == {"evaluate": "failed", "promote": "upstream_failed"}
+    assert _champion(mlflow_client, name) == "1"
+    record = task_xcom(corrupted, "evaluate")
+    data, on_holdout = record["evaluations"]["data"], record["evaluations"]["holdout"]
+    assert data["blessed"] and data["metrics"]["auc"] > data["baseline_metrics"]["auc"] + 0.2
+    assert (
+        not on_holdout["blessed"]
+        and on_holdout["metrics"]["auc"] < on_holdout["baseline_metrics"]["auc"] - 0.2
+    )
+    assert record["blessed"] is False and record["baseline"]["version"] == "1"
+    assert {f["dataset"] for f in record["failures"]} == {"holdout"}
+    assert all(line.startswith("holdout: ") for line in record["failed_thresholds"])
+    # The record names both data, each with its dataset version; `metrics` are the new version's.
+    assert (data["data_uri"], data["dataset_version"]) == (flipped["new_uri"], "0007")
+    assert (on_holdout["data_uri"], on_holdout["dataset_version"]) == (holdout, "0001")
+    assert (record["dataset_version"], record["data_uri"], record["metrics_dataset"]) == (
+        "0007",
+        flipped["new_uri"],
+        "data",
+    )
+    assert record["metrics"] == data["metrics"]
+    assert (data["artifact_dir"], on_holdout["artifact_dir"]) == ("evaluation", "evaluation/holdout")
+    # So do the MLflow run's metric names and tags.
+    run = mlflow_client.get_run(record["mlflow_run_id"])
+    metrics, tags = run.data.metrics, run.data.tags
+    assert metrics["diff/auc"] > 0 > metrics["holdout/diff/auc"]
+    assert metrics["holdout/auc"] == pytest.approx(on_holdout["metrics"]["auc"], rel=1e-6)
+    assert tags["airflow_ml.blessed"] == "false" and tags["airflow_ml.evaluated_on"] == "data,holdout"
+    assert {k: v for k, v in tags.items() if k.startswith("airflow_ml.evaluation.")} == {
+        "airflow_ml.evaluation.data.uri": flipped["new_uri"],
+        "airflow_ml.evaluation.data.version": "0007",
+        "airflow_ml.evaluation.data.blessed": "true",
+        "airflow_ml.evaluation.holdout.uri": holdout,
+        "airflow_ml.evaluation.holdout.version": "0001",
+        "airflow_ml.evaluation.holdout.blessed": "false",
+    }
+    local = mlflow_client.download_artifacts(run.info.run_id, "evaluation", str(tmp_path))
+    blessing = json.loads(open(f"{local}/blessing.json").read())
+    assert blessing["failures"] == record["failures"] and blessing["datasets"]["holdout"]["blessed"] is False
+    assert json.loads(open(f"{local}/holdout/metrics.json").read())["example_count"] == 4000
+    assert json.loads(open(f"{local}/record.json").read()) == record

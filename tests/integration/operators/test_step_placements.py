@@ -46,9 +46,11 @@ VALIDATION_KEYS = {
     "skew",
     "schema_uri",
     "schema_created",
+    "data_role",
     "statistics_uri",
     "report",
     "mlflow_run_id",
+    "baseline",
 }
 BLESSING_KEYS = {
     "blessed",
@@ -63,6 +65,9 @@ BLESSING_KEYS = {
     "engine",
     "dataset_version",
     "data_uri",
+    "evaluated_on",
+    "metrics_dataset",
+    "evaluations",
     "training_run_id",
     "mlflow_run_id",
     "report",
@@ -165,6 +170,9 @@ def _check_xcoms(dag_run: Any, conf: dict[str, str]) -> None:
     assert record["blessed"] is True and record["failures"] == [] and record["baseline"] is None
     assert record["candidate_model_uri"] == conf["model_uri"] and record["engine"] == "fast"
     assert record["example_count"] == ROWS and record["metrics"]["auc"] > 0.55
+    assert (
+        record["evaluated_on"] == ["data"] and record["evaluations"]["data"]["data_uri"] == conf["eval_uri"]
+    )
 
     blessing = task_xcom(dag_run, "infra_validate")
     assert set(blessing) == INFRA_KEYS

@@ -94,6 +94,7 @@ VALID: dict[str, dict[str, Any]] = {
         "schema_uri": "/tmp/ml-specs/schema.pbtxt",
         "previous_statistics_uri": "/tmp/ml-specs/previous.pb",
         "serving_statistics_uri": "/tmp/ml-specs/serving.pb",
+        "data_role": "training",
         "drift": {"categorical_linf": 0.2, "numeric_jsd": 0.1, "features": {"income": 0.05}},
         "skew": {"numeric_jsd": 0.1},
         "label": "label",
@@ -135,6 +136,9 @@ VALID: dict[str, dict[str, Any]] = {
         },
         "data_uri": VERSION,
         "format": "csv",
+        "holdout_uri": "/tmp/ml-specs/holdout/version=0001",
+        "holdout_format": "parquet",
+        "evaluate_on": "both",
         "eval_config": EVAL_CONFIG,
         "label_key": "label",
         "example_weight_key": "weight",
@@ -192,7 +196,7 @@ VALID["tuning_summary"] = {
     "output_dir": "/tmp/ml-specs/tuning",
 }
 # Keys that exclude one another: VALID gives the first.
-EXCLUSIVE = {"infra_validate": {"rows"}}
+EXCLUSIVE = {"infra_validate": {"rows"}, "validate_data": {"training_statistics_uri"}}
 
 # The keys a spec must have, per step.
 REQUIRED: dict[str, tuple[str, ...]] = {
@@ -202,7 +206,8 @@ REQUIRED: dict[str, tuple[str, ...]] = {
     "validate_data": ("data_uri", "output_dir"),
     "infer_schema": ("data_uri", "schema_uri"),
     "train_model": ("run_fn", "train_uri"),
-    "evaluate_model": ("candidate_model_uri", "data_uri", "output_dir", "eval_config"),
+    # data_uri too, unless evaluate_on is "holdout" (test_evaluate_model_reads_the_datasets_evaluate_on_names)
+    "evaluate_model": ("candidate_model_uri", "output_dir", "eval_config"),
     "infra_validate": ("model_uri",),
     "tune": ("metric", "search_space", "study_name", "objective"),
     "tuning_summary": ("metric", "search_space", "study_name"),
@@ -240,6 +245,9 @@ BAD: list[tuple[str, str, Any]] = [
     ("validate_data", "schema_uri", 3),
     ("validate_data", "previous_statistics_uri", ["a.pb"]),
     ("validate_data", "serving_statistics_uri", 1),
+    ("validate_data", "data_role", "production"),
+    ("validate_data", "training_statistics_uri", 3),
+    ("validate_data", "training_statistics_uri", "/tmp/ml-specs/training.pb"),  # with data_role training
     ("validate_data", "drift", {"nope": 1}),
     ("validate_data", "drift", {"numeric_jsd": -1}),
     ("validate_data", "skew", [0.1]),
@@ -286,6 +294,9 @@ BAD: list[tuple[str, str, Any]] = [
     ("evaluate_model", "tracking_uri", 1),
     ("evaluate_model", "title", 1),
     ("evaluate_model", "context", "x"),
+    ("evaluate_model", "holdout_uri", 3),
+    ("evaluate_model", "holdout_format", "json"),
+    ("evaluate_model", "evaluate_on", "train"),
     ("infra_validate", "model_uri", ""),
     ("infra_validate", "data_uri", 3),
     ("infra_validate", "format", "json"),
@@ -707,6 +718,8 @@ EXAMPLE_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 "model_uri": "models:/churn_example/1",
             },
             "data_uri": "/tmp/ml-specs/data/version=0002",
+            "holdout_uri": "/tmp/ml-specs/holdout/version=0001",
+            "evaluate_on": "both",
             "eval_config": EVAL_CONFIG,
             "label_key": "label",
             "engine": "auto",
@@ -717,6 +730,7 @@ EXAMPLE_SPECS: list[tuple[str, str, dict[str, Any]]] = [
                 "DAG run": RUN,
                 "dataset version": "-",
                 "data": "/tmp/ml-specs/data/version=0002",
+                "holdout": "/tmp/ml-specs/holdout/version=0001 (version 0001)",
                 "baseline": "churn_example@champion = version 1",
             },
         },
@@ -766,3 +780,38 @@ def test_the_spec_each_operator_builds_for_the_examples_is_accepted(task, step, 
     check_spec(step, spec)
     if step == "tune":  # the summary task gets the same spec, plus where its files go
         check_spec("tuning_summary", {**spec, "output_dir": "/tmp/airflow-ml/ml-tuning-x6/out"})
+
+
+def test_validate_data_takes_the_other_side_of_skew_that_its_data_role_needs():
+    serving = {**VALID["validate_data"], "data_role": "serving"}
+    with pytest.raises(
+        ValueError, match="spec key 'serving_statistics_uri' does not go with data_role 'serving'"
+    ):
+        _parse("validate_data", serving)
+    del serving["serving_statistics_uri"]
+    parsed = _parse("validate_data", {**serving, "training_statistics_uri": "/tmp/ml-specs/training.pb"})
+    assert (parsed.data_role, parsed.training_statistics_uri) == ("serving", "/tmp/ml-specs/training.pb")
+
+
+def test_evaluate_model_reads_the_datasets_evaluate_on_names():
+    base = {
+        k: v
+        for k, v in VALID["evaluate_model"].items()
+        if k not in ("holdout_uri", "holdout_format", "evaluate_on")
+    }
+    holdout = VALID["evaluate_model"]["holdout_uri"]
+    assert EvaluateModelSpec.parse(base).datasets() == (("data", VERSION, "csv"),)
+    both = EvaluateModelSpec.parse({**base, "holdout_uri": holdout})  # a holdout: both, by default
+    assert both.evaluate_on == "both"
+    assert both.datasets() == (("data", VERSION, "csv"), ("holdout", holdout, "csv"))
+    alone = EvaluateModelSpec.parse(
+        {**base, "data_uri": None, "holdout_uri": holdout, "evaluate_on": "holdout"}
+    )
+    assert alone.datasets() == (("holdout", holdout, "csv"),) and alone.data_uri is None
+    for evaluate_on in (None, "data", "both"):
+        with pytest.raises(ValueError, match="evaluate_model: spec key 'data_uri' is required"):
+            EvaluateModelSpec.parse(
+                {**base, "data_uri": None, "holdout_uri": holdout, "evaluate_on": evaluate_on}
+            )
+    with pytest.raises(ValueError, match="spec key 'holdout_uri' is required with evaluate_on='holdout'"):
+        EvaluateModelSpec.parse({**base, "evaluate_on": "holdout"})
