@@ -119,6 +119,20 @@ class PromotionRefused(MLProviderError):
     """The registry alias was not moved: the champion changed since the evaluation, or a blessing is missing."""
 
 
+class ChampionGuardFailed(MLProviderError):
+    """
+    A guarded champion's live metric breached its bounds and there is nothing safe to roll back
+    to, or the guard saw no value of the metric in its whole window.
+    """
+
+    def __init__(self, model_name: str, version: str, message: str, *, report: str | None = None) -> None:
+        self.model_name = model_name
+        self.version = version
+        self.report = report
+        where = f"\nMLflow run: {report}" if report else ""
+        super().__init__(f"{message}{where}")
+
+
 class TuningFailed(MLProviderError):
     """A tuning study ended without a usable result: no trial completed, or too many trials failed."""
 
