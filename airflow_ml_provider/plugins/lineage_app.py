@@ -17,10 +17,7 @@ get a sandboxing policy as well.
 """
 
 # No ``from __future__ import annotations``: FastAPI reads the routes' annotations at run time.
-import base64
-import hashlib
 import logging
-from pathlib import Path
 from typing import Annotated, Any
 
 from airflow.api_fastapi.auth.managers.models.resource_details import DagAccessEntity
@@ -29,31 +26,24 @@ from airflow.api_fastapi.core_api.security import GetUserDep, requires_access_da
 from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
+from airflow_ml_provider.plugins.ui_common import (
+    OPEN_LINKS_SCRIPT,
+    PAGE_CSP,
+    PAGE_HEADERS,
+    MlflowUnavailable,
+    mlflow_hook,
+    render,
+    unreadable,
+)
+from airflow_ml_provider.plugins.ui_common import conn_id as _conn_id
+from airflow_ml_provider.plugins.ui_common import dag_reader as _dag_reader
+from airflow_ml_provider.plugins.ui_common import environment as _environment
 from airflow_ml_provider.vocabulary import XCOM_EXPERIMENT_ID
 
 log = logging.getLogger(__name__)
 
-CONFIG_SECTION = "ml_provider"
-CONN_OPTION = "lineage_mlflow_conn_id"
-DEFAULT_CONN_ID = "mlflow_default"
-TEMPLATES = Path(__file__).parent / "templates"
+__all__ = ["OPEN_LINKS_SCRIPT", "PAGE_CSP", "_dag_reader", "_environment", "create_app"]
 
-# The Airflow UI shows the page in a frame sandboxed without "allow-popups", where a plain
-# target="_blank" link is blocked. This script (the page's only one) opens the page's MLflow links
-# (class "ext") from the Airflow page that holds the frame, which is of the same origin.
-OPEN_LINKS_SCRIPT = (
-    'document.addEventListener("click",function(e){'
-    'var a=e.target.closest("a.ext");if(!a||window.top===window)return;'
-    'try{window.top.open(a.href,"_blank","noopener,noreferrer");e.preventDefault();}catch(err){}'
-    "});"
-)
-_SCRIPT_HASH = base64.b64encode(hashlib.sha256(OPEN_LINKS_SCRIPT.encode()).digest()).decode()
-# The page: its own inline styles, images from this server and the one script above; no frame, no
-# form, nothing from elsewhere.
-PAGE_CSP = (
-    "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; "
-    f"script-src 'sha256-{_SCRIPT_HASH}'; base-uri 'none'; form-action 'none'"
-)
 # A served report: no script at all, and sandboxed (an opaque origin that cannot reach Airflow).
 REPORT_CSP = "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; sandbox"
 # A small flow of three nodes, in the UI's icon size.
@@ -151,38 +141,7 @@ def _lineage(session: Any, dag_id: str, run_id: str, user: Any) -> dict[str, Any
     except LineageError as err:
         raise HTTPException(502, redact_text(str(err))) from err
     except Exception as err:  # a connection that cannot be read, a server that does not answer
-        log.warning("Reading the ML lineage of %s / %s failed: %s", dag_id, run_id, redact_text(repr(err)))
-        raise HTTPException(
-            502, f"MLflow could not be read through connection {_conn_id()!r}: {redact_text(str(err))[:500]}"
-        ) from err
-
-
-def _dag_reader(user: Any) -> Any:
-    """``may_read_dag(dag_id)`` for ``user``: the auth manager's answer for reading the DAG's runs."""
-    from functools import cache
-
-    from airflow.api_fastapi.app import get_auth_manager
-    from airflow.api_fastapi.auth.managers.models.resource_details import DagDetails
-    from airflow.models.dag import DagModel
-
-    @cache
-    def may_read_dag(dag_id: str) -> bool:
-        if not dag_id:
-            return False
-        try:
-            return bool(
-                get_auth_manager().is_authorized_dag(
-                    method="GET",
-                    access_entity=DagAccessEntity.RUN,
-                    details=DagDetails(id=dag_id, team_name=DagModel.get_team_name(dag_id)),
-                    user=user,
-                )
-            )
-        except Exception:
-            log.warning("Could not ask the auth manager about DAG %s; hiding it", dag_id, exc_info=True)
-            return False
-
-    return may_read_dag
+        raise HTTPException(502, unreadable(err, f"the ML lineage of {dag_id} / {run_id}")) from err
 
 
 def _require_dag_run(session: Any, dag_id: str, run_id: str) -> None:
@@ -214,75 +173,12 @@ class _Row:
         self.value = value
 
 
-def _conn_id() -> str:
-    from airflow.configuration import conf
-
-    return conf.get(CONFIG_SECTION, CONN_OPTION, fallback=DEFAULT_CONN_ID) or DEFAULT_CONN_ID
-
-
 def _hook() -> Any:
-    from airflow_ml_provider.hooks.mlflow import MlflowHook
-
     try:
-        hook = MlflowHook(_conn_id())
-        hook.settings  # noqa: B018 - read the connection now, to answer with a clear error
-    except Exception as err:
-        from airflow_ml_provider.hooks.mlflow import redact_text
-
-        raise HTTPException(
-            502,
-            f"The ML lineage view reads MLflow through connection {_conn_id()!r}, which could not be "
-            f"read: {redact_text(str(err))}. Create it, or name another one in [{CONFIG_SECTION}] {CONN_OPTION}.",
-        ) from err
-    return hook
+        return mlflow_hook("ML lineage view")
+    except MlflowUnavailable as err:
+        raise HTTPException(502, str(err)) from err
 
 
 def _page(request: Request, context: dict[str, Any], status: int = 200) -> HTMLResponse:
-    html = (
-        _environment().get_template("ml_lineage.html").render(**context, open_links_script=OPEN_LINKS_SCRIPT)
-    )
-    return HTMLResponse(
-        html,
-        status_code=status,
-        headers={"Content-Security-Policy": PAGE_CSP, "X-Content-Type-Options": "nosniff"},
-    )
-
-
-_ENV: Any = None
-
-
-def _environment() -> Any:
-    global _ENV
-    if _ENV is None:
-        from urllib.parse import urlencode
-
-        import jinja2
-
-        _ENV = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(str(TEMPLATES)),
-            autoescape=True,
-            undefined=jinja2.StrictUndefined,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        _ENV.filters["num"] = _num
-        _ENV.filters["http_url"] = _http_url
-        _ENV.globals["urlencode"] = urlencode
-    return _ENV
-
-
-def _http_url(value: Any) -> str | None:
-    """Only http(s) addresses become links (a ``javascript:`` one from a bad connection does not)."""
-    return value if isinstance(value, str) and value.lower().startswith(("http://", "https://")) else None
-
-
-def _num(value: Any, digits: int = 4) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, float):
-        return f"{value:.{digits}g}" if abs(value) < 1e6 else f"{value:,.0f}"
-    return str(value)
+    return HTMLResponse(render("ml_lineage.html", context), status_code=status, headers=PAGE_HEADERS)

@@ -5,7 +5,9 @@ Set-up (once for the module): the example pipeline ``continuous_training`` runs 
 with real TFDV, TensorFlow, Optuna and TFMA against a real mlflow server, on the session's
 PostgreSQL metadata DB: version 1 is tuned, trained, blessed and promoted; version 2 has an extra
 column whose *name* is an HTML tag and is stopped by validation; a plain DAG logs nothing to
-MLflow (tests/dags/plain_dags.py). Then an api-server starts on that same database with the provider's plugins loaded
+MLflow (tests/dags/plain_dags.py). For the Models page, cheaply through the hook: a second version
+of the model is promoted over the DAG's and rolled back (with a reason), and a model with a hostile
+name is promoted from the plain DAG. Then an api-server starts on that same database with the provider's plugins loaded
 (entry points), the simple auth manager's users and ``tests/support/lineage_auth.py``, which hides
 ``continuous_training`` from the user ``outsider``.
 
@@ -21,6 +23,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -49,6 +52,7 @@ DAG_ID = "continuous_training"
 PLAIN_DAG = "lineage_plain"
 HOSTILE = "<img src=x onerror=alert(1)>"  # a column name: TFDV reports it in the anomaly text
 USERS = {"admin": "admin-pw-1", "outsider": "outsider-pw-1"}
+ROLLBACK_REASON = "live auc 0.52 < 0.6 for 3 consecutive checks"
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(os.environ.get("ML_PROVIDER_TEST_ARTIFACTS") or TESTS.parent / "test-artifacts")
 
@@ -58,6 +62,7 @@ class UI:
     cluster: AirflowCluster
     mlflow: MlflowServer
     model: str
+    hostile_model: str
     runs: dict[str, str] = field(default_factory=dict)  # promoted / stopped / plain -> run_id
     xcom: dict[str, Any] = field(default_factory=dict)
     tokens: dict[str, str] = field(default_factory=dict)
@@ -69,6 +74,11 @@ class UI:
     def get(self, route: str, user: str | None = "admin", **params: str) -> requests.Response:
         headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
         return requests.get(f"{self.url}/ml-lineage/{route}", params=params, headers=headers, timeout=120)
+
+    def models(self, route: str, user: str | None = "admin") -> requests.Response:
+        """``/ml-models/<route>`` (a model's name quoted by the caller)."""
+        headers = {"Authorization": f"Bearer {self.token(user)}"} if user else {}
+        return requests.get(f"{self.url}/ml-models/{route}", headers=headers, timeout=120)
 
     def token(self, user: str | None) -> str:
         assert user
@@ -116,6 +126,7 @@ def ui(
         assert task_states(stopped)["validate"] == "skipped"
         runs["stopped"] = stopped.run_id
         runs["plain"] = run_dag(load_dag(PLAIN_DAG)).run_id  # tests/dags/plain_dags.py
+        hostile_model = _promote_rollback_and_a_hostile_model(model, runs)
 
     db_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")
     passwords = work / "passwords.json"
@@ -130,7 +141,60 @@ def ui(
     }
     with AirflowCluster(work / "cluster", EXAMPLES, db_url=db_url, env=env) as cluster:
         cluster.start(components=["api-server"])
-        yield UI(cluster, mlflow_server, model, runs, xcom)
+        yield UI(cluster, mlflow_server, model, hostile_model, runs, xcom)
+
+
+def _promote_rollback_and_a_hostile_model(model: str, runs: dict[str, str]) -> str:
+    """
+    Version 2 of ``model`` (version 1's lineage, dataset version 0003, better metrics) promoted and
+    rolled back, as a guard would; and a model named like an HTML tag, promoted from the plain DAG.
+    """
+    from datetime import datetime, timezone
+
+    from airflow_ml_provider.hooks._registry import MoveRecord
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+    from airflow_ml_provider.vocabulary import (
+        TAG_EVALUATED_AGAINST,
+        TAG_PROMOTED_AT,
+        TAG_VERSION_DAG_ID,
+        TAG_VERSION_DAG_RUN,
+        TAG_VERSION_DATASET_VERSION,
+        TAG_VERSION_METRIC_PREFIX,
+        TAG_VERSION_RUN_PREFIX,
+    )
+
+    hook = MlflowHook()
+    v1 = hook.client.get_model_version(model, "1").tags
+    tags = {k: v for k, v in v1.items() if k in (TAG_VERSION_DAG_ID, TAG_VERSION_DAG_RUN)}
+    # Its evaluation's and infra validation's runs (blessed, serves); no promotion run: no freshness.
+    tags.update(
+        {k: v for k, v in v1.items() if k.startswith(TAG_VERSION_RUN_PREFIX) and "promotion" not in k}
+    )
+    tags.update(
+        {k: f"{float(v) * 1.03:.6g}" for k, v in v1.items() if k.startswith(TAG_VERSION_METRIC_PREFIX)}
+    )
+    tags[TAG_VERSION_DATASET_VERSION] = "0003"
+    tags[TAG_EVALUATED_AGAINST] = "1"
+    hook.register_version(model, f"s3://ui-test/{model}/2", registration_key="ui-test/v2", tags=tags)
+    promoted = MoveRecord(
+        dag_id=DAG_ID, run_id=runs["promoted"], task_id="promote", dataset_version="0003", reason="Blessed."
+    )
+    hook.move_alias(model, "2", expected="1", owner="ui-test/promote-v2", record=promoted)
+    now = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    hook.client.set_model_version_tag(model, "2", TAG_PROMOTED_AT, now)
+    guard = MoveRecord(dag_id=DAG_ID, run_id=runs["promoted"], task_id="guard", reason=ROLLBACK_REASON)
+    hook.rollback_alias(model, expected="2", record=guard)
+
+    hostile = f"{HOSTILE} {uuid.uuid4().hex[:6]}"
+    lineage = {
+        TAG_VERSION_DAG_ID: PLAIN_DAG,
+        TAG_VERSION_DAG_RUN: runs["plain"],
+        f"{TAG_VERSION_METRIC_PREFIX}auc": "0.5",
+    }
+    hook.register_version(hostile, "s3://ui-test/hostile/1", registration_key="ui-test/hostile", tags=lineage)
+    record = MoveRecord(dag_id=PLAIN_DAG, run_id=runs["plain"], reason=HOSTILE)
+    hook.move_alias(hostile, "1", expected=None, owner="ui-test/hostile", record=record)
+    return hostile
 
 
 def _hostile_version(source: Path, target: Path) -> Path:
@@ -296,6 +360,75 @@ def test_reports_are_served_sandboxed_and_only_from_the_runs_own_tasks(ui: UI) -
     )
 
 
+# -- the Models page --------------------------------------------------------------------------
+
+
+def test_the_models_page_lists_the_promoted_model_with_its_champion_and_rollback(ui: UI) -> None:
+    answer = ui.models("api/models")
+    assert answer.status_code == 200, answer.text
+    listed = {m["name"]: m for m in answer.json()["models"]}
+    mine = listed[ui.model]
+    assert (mine["champion"], mine["versions"], mine["rollbacks"], mine["last_move"]) == (
+        "1",
+        2,
+        1,
+        "rollback",
+    )
+    assert mine["dag_ids"] == [DAG_ID] and mine["dataset_version"] == "0001"
+    assert ui.hostile_model in listed
+
+
+def test_a_model_shows_its_timeline_blessing_freshness_and_links(ui: UI) -> None:
+    answer = ui.models(f"api/models/{ui.model}")
+    assert answer.status_code == 200, answer.text
+    model = answer.json()
+    assert [(h["kind"], h["from_version"], h["to_version"]) for h in model["history"]] == [
+        ("rollback", "2", "1"),
+        ("promotion", "1", "2"),
+        ("promotion", None, "1"),
+    ]
+    assert model["rollbacks"][0]["reason"] == ROLLBACK_REASON
+    first = model["history"][-1]  # the DAG's own promotion, recorded by PromoteModelOperator
+    assert (first["dag_id"], first["run_id"], first["task_id"]) == (DAG_ID, ui.runs["promoted"], "promote")
+    run = requests.utils.quote(ui.runs["promoted"], safe="")
+    assert first["lineage_url"] == f"/dags/{DAG_ID}/runs/{run}/plugin/ml-lineage"
+    v2, v1 = model["versions"]
+    assert (v1["dataset_version"], v2["dataset_version"]) == ("0001", "0003")
+    assert v1["blessing"] == {"blessed": True, "recorded": True, "infra_blessed": True}
+    assert v1["freshness"]["promoted"] > 0  # landing -> champion, from the DAG run's parent run
+    assert v1["metrics"]["auc"] == pytest.approx(ui.xcom["evaluate"]["metrics"]["auc"], rel=1e-5)
+    assert v1["mlflow_url"] == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
+    assert v1["aliases"] == ["champion"] and v2["aliases"] == ["previous_champion"] and v2["rolled_back_at"]
+    auc = next(c for c in model["trends"] if c["metric"] == "auc")
+    assert [(p["version"], p["status"]) for p in auc["points"]] == [("1", "champion"), ("2", "rolled_back")]
+    assert len(model["timeline"]["bars"]) == 3 and [m["kind"] for m in model["timeline"]["markers"]] == [
+        "rollback"
+    ]
+
+
+def test_the_models_page_needs_a_login_and_read_access_to_the_models_dags(ui: UI) -> None:
+    hostile = requests.utils.quote(ui.hostile_model, safe="")
+    for route in ("models", "api/models", f"models/{ui.model}", f"api/models/{ui.model}"):
+        assert ui.models(route, user=None).status_code == 401, route
+    for route in (f"models/{ui.model}", f"api/models/{ui.model}"):
+        answer = ui.models(route, user="outsider")
+        assert answer.status_code == 403, answer.text
+        assert "0001" not in answer.text and ROLLBACK_REASON not in answer.text
+    listed = [m["name"] for m in ui.models("api/models", user="outsider").json()["models"]]
+    assert ui.model not in listed and ui.hostile_model in listed  # the plain DAG's: readable
+    assert ui.models(f"api/models/{hostile}", user="outsider").status_code == 200
+    assert ui.models("api/models/no-such-model").status_code == 404
+
+
+def test_the_models_pages_show_a_hostile_name_as_text(ui: UI) -> None:
+    for route in ("models", f"models/{requests.utils.quote(ui.hostile_model, safe='')}"):
+        page = ui.models(route)
+        assert page.status_code == 200, page.text
+        assert HOSTILE not in page.text and "&lt;img src=x onerror=alert(1)&gt;" in page.text
+        assert page.text.count("<script") == 1
+        assert "script-src 'sha256-" in page.headers["content-security-policy"]
+
+
 # -- the browser ------------------------------------------------------------------------------
 
 
@@ -323,12 +456,13 @@ BROWSER_ARGS = [
 ]
 
 
-def test_in_the_browser_the_run_shows_its_lineage_and_links_lead_to_the_evidence(ui: UI) -> None:
-    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make setup` installs Debian's chromium package"
+@contextmanager
+def _browser(ui: UI, failure: str) -> Iterator[tuple[Any, Any]]:
+    """``(context, page)`` of a Chromium logged in as admin; on a failure, a screenshot and the api-server's log."""
+    assert CHROMIUM.exists(), f"{CHROMIUM} is missing: `make browser` installs Debian's chromium package"
     from playwright.sync_api import sync_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    quoted = requests.utils.quote(ui.runs["promoted"], safe="")
     dialogs: list[str] = []
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), args=BROWSER_ARGS)
@@ -341,63 +475,118 @@ def test_in_the_browser_the_run_shows_its_lineage_and_links_lead_to_the_evidence
             page.fill("input[name=password]", USERS["admin"])
             page.click("button[type=submit]")
             page.wait_for_url(lambda u: "/auth/login" not in u, timeout=60_000)
-
-            # The DAG run page has the plugin's tab; the tab shows the lineage in a frame.
-            page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{quoted}")
-            page.get_by_role("tab", name="ML lineage").or_(
-                page.get_by_role("link", name="ML lineage")
-            ).first.click()
-            frame = page.frame_locator("iframe[title='ML lineage']")
-            for title in ("Data validation", "Hyperparameter tuning", "Training", "Evaluation", "Promotion"):
-                frame.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
-            frame.get_by_text("Metrics per slice: candidate against baseline").wait_for()
-            page.screenshot(path=str(ARTIFACTS / "ml-lineage-dag-run.png"))
-
-            # A link marked ↗ opens MLflow in a new tab, out of the sandboxed frame.
-            with context.expect_page() as opened:
-                frame.get_by_role("link", name="registered model version ↗").click()
-            assert opened.value.url == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
-            opened.value.close()
-
-            # The evaluation report opens in the frame, served from MLflow's artifacts.
-            frame.get_by_role("link", name="Evaluation report (every slice, plots)").click()
-            report = _wait_for_frame(page, "/ml-lineage/artifact?")
-            assert "evaluation%2Freport.html" in report.url
-            report.get_by_text("Failed thresholds", exact=False).or_(
-                report.get_by_text("Every threshold is met")
-            ).first.wait_for()
-
-            # The task instance's Details tab lists its extra links; one opens the registered version.
-            page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{quoted}/tasks/promote/details")
-            with context.expect_page() as opened:
-                page.get_by_role("link", name="Registered model version", exact=True).click()
-            assert opened.value.url == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
-            opened.value.close()
-
-            # A run stopped by validation: the hostile column name is shown as text, never run.
-            stopped = requests.utils.quote(ui.runs["stopped"], safe="")
-            page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{stopped}/plugin/ml-lineage")
-            frame = page.frame_locator("iframe[title='ML lineage']")
-            frame.get_by_text(HOSTILE).first.wait_for(timeout=60_000)
-            assert frame.locator("img[src=x]").count() == 0
-            page.screenshot(path=str(ARTIFACTS / "ml-lineage-stopped-run.png"))
-
-            # The mlflow connection form, relabelled for people.
-            page.goto(f"{ui.url}/connections")
-            page.get_by_role("button", name="Add Connection").click()
-            page.get_by_label("Connection Type").fill("mlflow")
-            page.keyboard.press("Enter")
-            for label in (
-                "Tracking URI",
-                "Username (basic auth)",
-                "Password, or token when Username is empty",
-            ):
-                page.get_by_text(label, exact=True).wait_for(timeout=30_000)
-            page.screenshot(path=str(ARTIFACTS / "mlflow-connection-form.png"))
+            yield context, page
         except Exception:
-            page.screenshot(path=str(ARTIFACTS / "ml-lineage-failure.png"))
+            page.screenshot(path=str(ARTIFACTS / failure))
             shutil.copy(ui.cluster.log_path("api-server"), ARTIFACTS / "api-server.log")
             raise
         finally:
             browser.close()
-    assert dialogs == []
+    assert dialogs == []  # no script of the data ran
+
+
+def test_in_the_browser_the_run_shows_its_lineage_and_links_lead_to_the_evidence(ui: UI) -> None:
+    quoted = requests.utils.quote(ui.runs["promoted"], safe="")
+    with _browser(ui, "ml-lineage-failure.png") as (context, page):
+        # The DAG run page has the plugin's tab; the tab shows the lineage in a frame.
+        page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{quoted}")
+        page.get_by_role("tab", name="ML lineage").or_(
+            page.get_by_role("link", name="ML lineage")
+        ).first.click()
+        frame = page.frame_locator("iframe[title='ML lineage']")
+        for title in ("Data validation", "Hyperparameter tuning", "Training", "Evaluation", "Promotion"):
+            frame.get_by_role("heading", name=title, exact=True).wait_for(timeout=60_000)
+        frame.get_by_text("Metrics per slice: candidate against baseline").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "ml-lineage-dag-run.png"))
+
+        # A link marked ↗ opens MLflow in a new tab, out of the sandboxed frame.
+        with context.expect_page() as opened:
+            frame.get_by_role("link", name="registered model version ↗").click()
+        assert opened.value.url == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
+        opened.value.close()
+
+        # The evaluation report opens in the frame, served from MLflow's artifacts.
+        frame.get_by_role("link", name="Evaluation report (every slice, plots)").click()
+        report = _wait_for_frame(page, "/ml-lineage/artifact?")
+        assert "evaluation%2Freport.html" in report.url
+        report.get_by_text("Failed thresholds", exact=False).or_(
+            report.get_by_text("Every threshold is met")
+        ).first.wait_for()
+
+        # The task instance's Details tab lists its extra links; one opens the registered version.
+        page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{quoted}/tasks/promote/details")
+        with context.expect_page() as opened:
+            page.get_by_role("link", name="Registered model version", exact=True).click()
+        assert opened.value.url == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
+        opened.value.close()
+
+        # A run stopped by validation: the hostile column name is shown as text, never run.
+        stopped = requests.utils.quote(ui.runs["stopped"], safe="")
+        page.goto(f"{ui.url}/dags/{DAG_ID}/runs/{stopped}/plugin/ml-lineage")
+        frame = page.frame_locator("iframe[title='ML lineage']")
+        frame.get_by_text(HOSTILE).first.wait_for(timeout=60_000)
+        assert frame.locator("img[src=x]").count() == 0
+        page.screenshot(path=str(ARTIFACTS / "ml-lineage-stopped-run.png"))
+
+        # The mlflow connection form, relabelled for people.
+        page.goto(f"{ui.url}/connections")
+        page.get_by_role("button", name="Add Connection").click()
+        page.get_by_label("Connection Type").fill("mlflow")
+        page.keyboard.press("Enter")
+        for label in (
+            "Tracking URI",
+            "Username (basic auth)",
+            "Password, or token when Username is empty",
+        ):
+            page.get_by_text(label, exact=True).wait_for(timeout=30_000)
+        page.screenshot(path=str(ARTIFACTS / "mlflow-connection-form.png"))
+
+
+def test_in_the_browser_the_models_page_shows_the_timeline_and_leads_to_the_lineage(ui: UI) -> None:
+    with _browser(ui, "ml-models-failure.png") as (context, page):
+        # The navigation bar has the Models page; it shows the list in a frame.
+        page.get_by_role("link", name="Models").or_(page.get_by_role("button", name="Models")).first.click()
+        frame = page.frame_locator("iframe[title='Models']")
+        frame.get_by_role("heading", name="Models", exact=True).wait_for(timeout=60_000)
+        frame.get_by_text(HOSTILE).first.wait_for()  # a name is shown as text, never run
+        assert frame.locator("img[src=x]").count() == 0
+        frame.get_by_role("link", name=ui.model, exact=True).click()
+
+        # One model: champion, timeline, trend plots, rollback and why, versions.
+        frame.get_by_role("heading", name=ui.model, exact=True).wait_for(timeout=60_000)
+        for title in ("Champion", "Champion timeline", "Key metrics across versions", "Versions"):
+            frame.get_by_role("heading", name=title, exact=True).wait_for()
+        frame.get_by_text(ROLLBACK_REASON).first.wait_for()
+        assert frame.locator("#timeline svg rect.bar").count() == 3
+        assert frame.locator("#trends svg circle.pt.rolled_back").count() >= 1
+        page.wait_for_url(f"**/plugin/ml-models/ml-models/models/{ui.model}")  # a link to this view
+        page.screenshot(path=str(ARTIFACTS / "ml-models-model.png"))
+
+        # A link marked ↗ opens the version in MLflow in a new tab, out of the sandboxed frame.
+        with context.expect_page() as opened:
+            frame.locator("#champion").get_by_role("link", name="MLflow version ↗").click()
+        assert opened.value.url == f"{ui.mlflow.url}/#/models/{ui.model}/versions/1"
+        opened.value.close()
+
+        # The champion's DAG run: its ML lineage tab opens in the Airflow page, not in the frame.
+        frame.get_by_role("link", name="ML lineage of its DAG run").click()
+        run = requests.utils.quote(ui.runs["promoted"], safe="")
+        page.wait_for_url(f"**/dags/{DAG_ID}/runs/{run}/plugin/ml-lineage", timeout=30_000)
+        lineage = page.frame_locator("iframe[title='ML lineage']")
+        lineage.get_by_role("heading", name="Promotion", exact=True).wait_for(timeout=60_000)
+
+        # The list, and a model with a hostile name, by their addresses in the Airflow UI.
+        page.goto(f"{ui.url}/plugin/ml-models")
+        frame = page.frame_locator("iframe[title='Models']")
+        frame.get_by_role("link", name=ui.model, exact=True).wait_for(timeout=60_000)
+        page.screenshot(path=str(ARTIFACTS / "ml-models-list.png"))
+        hostile = requests.utils.quote(ui.hostile_model, safe="")
+        page.goto(f"{ui.url}/plugin/ml-models/ml-models/models/{hostile}")
+        frame.get_by_role("heading", name=ui.hostile_model, exact=True).wait_for(timeout=60_000)
+        assert frame.locator("img[src=x]").count() == 0
+
+        # Outside the Airflow UI (the address the demo prints), the whole page at once.
+        page.set_viewport_size({"width": 1300, "height": 900})
+        page.goto(f"{ui.url}/ml-models/models/{ui.model}")
+        page.get_by_role("heading", name="Champion timeline").wait_for()
+        page.screenshot(path=str(ARTIFACTS / "ml-models-model-page.png"), full_page=True)

@@ -39,12 +39,11 @@ def test_airflow_finds_the_plugin_by_entry_point_and_in_provider_info():
 
 def test_views_are_on_the_dag_run_and_task_instance_pages():
     views = {v["destination"]: v for v in MLLineagePlugin.external_views}
-    assert set(views) == {"dag_run", "task_instance"}
+    assert set(views) == {"dag_run", "task_instance", "nav"}  # nav: the Models page
     assert views["dag_run"]["href"] == "/ml-lineage/lineage?dag_id={DAG_ID}&run_id={RUN_ID}"
     assert views["task_instance"]["href"].endswith("&task_id={TASK_ID}")
-    assert len({v["url_route"] for v in views.values()}) == 2
-    (app,) = MLLineagePlugin.fastapi_apps
-    assert app["url_prefix"] == "/ml-lineage"
+    assert len({v["url_route"] for v in views.values()}) == 3
+    assert MLLineagePlugin.fastapi_apps[0]["url_prefix"] == "/ml-lineage"
 
 
 def test_loading_the_plugin_imports_neither_fastapi_nor_mlflow():
