@@ -59,7 +59,13 @@ def get_provider_info() -> dict[str, Any]:
             },
         ],
         "hooks": [
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.hooks.mlflow"]},
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_ml_provider.hooks.mlflow",
+                    "airflow_ml_provider.hooks.live_metric",
+                ],
+            },
             {
                 "integration-name": DATASETS,
                 "python-modules": [
@@ -76,7 +82,13 @@ def get_provider_info() -> dict[str, Any]:
         ],
         "triggers": [
             {"integration-name": DATASETS, "python-modules": ["airflow_ml_provider.triggers.dataset"]},
-            {"integration-name": INTEGRATION, "python-modules": ["airflow_ml_provider.triggers.model_alias"]},
+            {
+                "integration-name": INTEGRATION,
+                "python-modules": [
+                    "airflow_ml_provider.triggers.model_alias",
+                    "airflow_ml_provider.triggers.guard",
+                ],
+            },
             {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.triggers.training_gang"]},
         ],
         "operators": [
@@ -89,6 +101,7 @@ def get_provider_info() -> dict[str, Any]:
                     "airflow_ml_provider.operators.evaluation",
                     "airflow_ml_provider.operators.infra_validation",
                     "airflow_ml_provider.operators.promotion",
+                    "airflow_ml_provider.operators.guard",
                 ],
             },
             {"integration-name": TRAINING, "python-modules": ["airflow_ml_provider.operators.training"]},

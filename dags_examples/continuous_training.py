@@ -27,7 +27,9 @@ Evaluation reads the new version itself, of which the candidate trained on 80 % 
 ``continuous_training_scheduled`` is the fallback for clusters without the watcher: an hourly run
 whose ``DatasetVersionSensor`` waits (deferred) for a version newer than the last one it
 delivered, then runs the same tasks. ``deploy_champion`` starts when a promotion moves
-``champion`` (the promote task's outlet asset) and records what it would deploy.
+``champion`` (the promote task's outlet asset), records what it would deploy, and guards it: if
+the version's live AUC, as serving logs it to MLflow, stays below 0.7 for 3 checks, ``champion``
+goes back to the previous version (and ``deploy_champion`` runs again, for it).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from typing import Any
 from airflow.sdk import DAG, Asset, AssetWatcher, Param, task
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
+from airflow_ml_provider.operators.guard import ChampionGuardOperator
 from airflow_ml_provider.operators.infra_validation import InfraValidationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator
 from airflow_ml_provider.operators.training import DistributedTrainingOperator
@@ -255,11 +258,21 @@ with DAG(
 
 
 # [START howto_deploy_on_champion]
+# The guard's window and check interval: a real guard watches for a while (15 minutes here); the
+# demo (scripts/demo.py) shortens them through these variables, read when the file is parsed.
+GUARD_WINDOW = float(os.environ.get("AIRFLOW_ML_EXAMPLE_GUARD_WINDOW", "900"))
+GUARD_INTERVAL = float(os.environ.get("AIRFLOW_ML_EXAMPLE_GUARD_INTERVAL", "30"))
+
 with DAG(
     dag_id="deploy_champion",
     schedule=[churn_champion],
     catchup=False,
-    params={"model_name": Param("churn", type="string")},
+    params={
+        "model_name": Param("churn", type="string"),
+        "guard_window": Param(GUARD_WINDOW, type="number", exclusiveMinimum=0),
+        "guard_interval": Param(GUARD_INTERVAL, type="number", exclusiveMinimum=0),
+    },
+    default_args={"mlflow_experiment": "deploy_champion"},
     tags=["example", "ml", "deployment"],
 ) as deploy_dag:
 
@@ -274,5 +287,28 @@ with DAG(
             raise ValueError(f"Registered model {name!r} has no 'champion' alias: nothing to deploy.")
         return {"model_name": name, "version": str(version.version), "source": str(version.source)}
 
-    deploy()
+    # [START howto_champion_guard]
+    # Serving logs the AUC it measures on labelled live traffic to the MLflow experiment
+    # "<model>_serving", one run per version tagged model_name and model_version:
+    #     mlflow.set_experiment("churn_serving")
+    #     with mlflow.start_run(tags={"model_name": "churn", "model_version": "2"}):
+    #         mlflow.log_metric("live_auc", 0.81, step=n)
+    # The guard watches the deployed version's live_auc: 3 checks in a row below 0.7 roll
+    # "champion" back to "previous_champion" (never over a newer promotion), and the rollback's
+    # asset event (churn_champion) runs this DAG again, which deploys the restored version.
+    guard = ChampionGuardOperator(
+        task_id="guard",
+        model_name="{{ params.model_name }}",
+        version="{{ ti.xcom_pull('deploy')['version'] }}",
+        metric="live_auc",
+        serving_experiment="{{ params.model_name }}_serving",
+        lower_bound=0.7,
+        window="{{ params.guard_window }}",
+        check_interval="{{ params.guard_interval }}",
+        consecutive_breaches=3,
+        rollback_assets=[churn_champion],
+        deferrable=True,  # waits in the triggerer, not in a worker slot
+    )
+    deploy() >> guard
+    # [END howto_champion_guard]
 # [END howto_deploy_on_champion]

@@ -16,13 +16,17 @@ the asset watcher of ``continuous_training`` starts a DAG run for each, within s
 
 - v1 bootstraps: the schema is inferred from it and its model becomes the first ``champion``;
 - v2 (six times the rows) is validated, trained, evaluated against v1's champion, blessed and
-  promoted; ``deploy_champion`` runs on each promotion;
+  promoted; ``deploy_champion`` runs on each promotion and guards the new champion's live AUC;
+- v2 does badly on live traffic (the demo's stand-in for serving logs its ``live_auc`` to MLflow
+  below the guard's 0.7): its guard rolls ``champion`` back to v1, and ``deploy_champion`` runs
+  again, for v1;
 - v3 renders ``income`` as text (a schema break): validation stops the run, nothing is trained.
 
-It prints each task's progress, then a summary table, the Airflow and MLflow addresses and the
-Airflow login, and stops everything (``--serve``: keeps serving until Ctrl-C). It exits non-zero
-if the story does not come out as above. Every component's log is in ``.demo/logs``. A new run
-starts from an empty ``.demo``.
+It prints each task's progress, then a summary table, the guards' verdicts, the champion's alias
+history, the Airflow and MLflow addresses (the Models page among them) and the Airflow login, and
+stops everything (``--serve``: keeps serving until Ctrl-C). It exits non-zero if the story does not
+come out as above. Every component's log is in ``.demo/logs``. A new run starts from an empty
+``.demo``.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -61,6 +66,10 @@ USER = "admin"
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 PIPELINE = ("validate", "train", "evaluate", "infra_validate", "promote")
 RUN_TIMEOUT = 420.0  # one DAG run, landing to end; a full run takes about 2-3 minutes here
+# deploy_champion's guard, shortened for the demo (the example's default: 15 min, every 30 s).
+GUARD_WINDOW = 10
+GUARD_INTERVAL = 2
+SERVING_EXPERIMENT = f"{MODEL_NAME}_serving"  # where the stand-in for serving logs live_auc
 T = TypeVar("T")
 
 
@@ -70,13 +79,16 @@ class Landing:
     spec: dict[str, Any]  # generate_dataset knobs for this version
     story: str
     expect_promoted: bool
+    live_auc: float = 0.0  # what serving measures once the version is champion
 
 
 SCENARIO = (
-    Landing(1, {"rows": 1000}, "first data: bootstraps the schema and the first champion", True),
-    Landing(2, {"rows": 6000}, "six times the rows: a better model", True),
+    Landing(1, {"rows": 1000}, "first data: bootstraps the schema and the first champion", True, 0.82),
+    Landing(2, {"rows": 6000}, "six times the rows: better offline, but worse live", True, 0.56),
     Landing(3, {"rows": 6000, "type_change": "income"}, "a schema break: income arrives as text", False),
 )
+# The champion's alias history the story expects: (kind, from, to), oldest first.
+EXPECTED_HISTORY = [("promotion", None, "1"), ("promotion", "1", "2"), ("rollback", "2", "1")]
 
 
 class DemoError(RuntimeError):
@@ -202,6 +214,8 @@ def airflow_env(api_url: str, mlflow_url: str, step_python: str | None) -> dict[
         # Read by dags_examples/continuous_training.py when it is parsed.
         "AIRFLOW_ML_EXAMPLE_LANDING": str(STATE / "landing"),
         "AIRFLOW_ML_EXAMPLE_STATE": str(STATE / "pipeline"),
+        "AIRFLOW_ML_EXAMPLE_GUARD_WINDOW": str(GUARD_WINDOW),
+        "AIRFLOW_ML_EXAMPLE_GUARD_INTERVAL": str(GUARD_INTERVAL),
     }
 
 
@@ -401,6 +415,128 @@ def champion(client: Any) -> str:
     return "none"
 
 
+class Serving(threading.Thread):
+    """
+    The demo's stand-in for serving: every second, the AUC it "measures on labelled live traffic"
+    for the version ``champion`` points at (``Landing.live_auc``), logged as serving would log it
+    to MLflow: experiment ``churn_serving``, one run per version tagged ``model_name`` and
+    ``model_version``, metric ``live_auc``. deploy_champion's guard reads it there.
+    """
+
+    def __init__(self, mlflow_url: str) -> None:
+        super().__init__(name="serving", daemon=True)
+        self.mlflow_url = mlflow_url
+        self.stopped = threading.Event()
+        self.live_auc = {str(landing.version): landing.live_auc for landing in SCENARIO}
+
+    def run(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=self.mlflow_url)
+        runs: dict[str, str] = {}
+        step = 0
+        while not self.stopped.wait(1.0):
+            with contextlib.suppress(Exception):  # no model yet; the server busy: next second
+                version = client.get_registered_model(MODEL_NAME).aliases.get("champion")
+                if version is None:
+                    continue
+                if version not in runs:
+                    found = client.get_experiment_by_name(SERVING_EXPERIMENT)
+                    experiment_id = (
+                        found.experiment_id if found else client.create_experiment(SERVING_EXPERIMENT)
+                    )
+                    tags = {"model_name": MODEL_NAME, "model_version": version}
+                    runs[version] = client.create_run(
+                        experiment_id, tags=tags, run_name=f"serving v{version}"
+                    ).info.run_id
+                step += 1
+                noise = ((step * 7) % 5 - 2) / 200  # +-0.01: live numbers move a little
+                client.log_metric(
+                    runs[version], "live_auc", self.live_auc.get(version, 0.8) + noise, step=step
+                )
+
+
+def alias_history(env: dict[str, str]) -> list[dict[str, Any]]:
+    """``MlflowHook().alias_history("churn")`` (oldest first), as JSON-able dicts."""
+    os.environ["AIRFLOW_CONN_MLFLOW_DEFAULT"] = env["AIRFLOW_CONN_MLFLOW_DEFAULT"]
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+
+    return [entry.as_dict() for entry in MlflowHook().alias_history(MODEL_NAME)]
+
+
+def settle_champions(rows: list[dict[str, str]], history: list[dict[str, Any]]) -> None:
+    """Each row's "champion after": where that DAG run's own promotion left it (the guard's later
+    rollback has its own lines), read from the alias history instead of racing the guard."""
+    current = "none"
+    for row in rows:
+        run_id = row["DAG run"].rsplit(" (", 1)[0]
+        moves = [e for e in history if e.get("dag_id") == DAG_ID and e.get("run_id") == run_id]
+        if moves:
+            current = f"v{moves[-1]['to_version']}"
+        row["champion after"] = current
+
+
+def guard_verdicts(client: Any) -> list[dict[str, str]]:
+    """deploy_champion's guards, oldest first: the version, the outcome, why (their MLflow runs' tags)."""
+    from airflow_ml_provider.vocabulary import (
+        TAG_GUARD_OUTCOME,
+        TAG_GUARD_REASON,
+        TAG_GUARD_ROLLED_BACK_TO,
+        TAG_GUARD_VERSION,
+    )
+
+    experiment = client.get_experiment_by_name(DEPLOY_DAG_ID)
+    if experiment is None:
+        return []
+    runs = client.search_runs(
+        [experiment.experiment_id], "tags.`airflow.task_id` = 'guard'", order_by=["attributes.start_time ASC"]
+    )
+    return [
+        {
+            "version": r.data.tags.get(TAG_GUARD_VERSION, "?"),
+            "outcome": r.data.tags.get(TAG_GUARD_OUTCOME, r.info.status.lower()),
+            "rolled_back_to": r.data.tags.get(TAG_GUARD_ROLLED_BACK_TO, ""),
+            "reason": r.data.tags.get(TAG_GUARD_REASON, ""),
+        }
+        for r in runs
+    ]
+
+
+def say_guards(guards: list[dict[str, str]]) -> None:
+    for guard in guards:
+        verdict = guard["outcome"]
+        if guard["rolled_back_to"]:
+            verdict += f" to v{guard['rolled_back_to']}: {guard['reason']}"
+        say(f"  guard of v{guard['version']}: {verdict}")
+
+
+def print_history(history: list[dict[str, Any]]) -> None:
+    """The champion's alias history, as ``MlflowHook().alias_history("churn")`` returns it."""
+    print(f'\nChampion history of {MODEL_NAME!r} (MlflowHook().alias_history("{MODEL_NAME}")):')
+    for e in history:
+        move = f"{'v' + str(e['from_version']) if e['from_version'] else 'none'} -> v{e['to_version']}"
+        by = "/".join(str(e[k]) for k in ("dag_id", "task_id") if e.get(k)) or e.get("actor", "")
+        reason = f"  {e['reason']}" if e.get("reason") else ""
+        print(f"  {e['epoch']:>2}  {str(e['at'])[:19]}  {e['kind']:<9}  {move:<12}  {by}{reason}")
+    print()
+
+
+def check_guard(history: list[dict[str, Any]], guards: list[dict[str, str]], final: str) -> list[str]:
+    """What did not come out as the guard's part of the story says (empty when it did)."""
+    problems = []
+    moves = [(e["kind"], e["from_version"], e["to_version"]) for e in history]
+    if moves != EXPECTED_HISTORY:
+        problems.append(f"champion history is {moves}, expected {EXPECTED_HISTORY}")
+    if final != "v1":
+        problems.append(f"champion at the end is {final}, expected v1 (v2 rolled back)")
+    if not any(g["version"] == "2" and g["outcome"] == "rolled_back" for g in guards):
+        problems.append(f"no guard rolled v2 back: {[(g['version'], g['outcome']) for g in guards]}")
+    failed = [g for g in guards if g["outcome"] not in ("healthy", "moved", "rolled_back")]
+    if failed:
+        problems.append(f"guards that did not end well: {failed}")
+    return problems
+
+
 def print_table(rows: list[dict[str, str]]) -> None:
     columns = ("version", "DAG run", "validation", "blessing", "champion after", "freshness")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
@@ -475,13 +611,13 @@ def run_story(airflow: Airflow, mlflow_url: str, check: Callable[[], None]) -> l
     return rows
 
 
-def wait_deployments(airflow: Airflow, promotions: int, check: Callable[[], None]) -> list[dict[str, Any]]:
+def wait_deployments(airflow: Airflow, moves: int, check: Callable[[], None]) -> list[dict[str, Any]]:
     def done() -> list[dict[str, Any]] | None:
         runs = airflow.dag_runs(DEPLOY_DAG_ID)
         finished = [r for r in runs if r["state"] in ("success", "failed")]
-        return finished if len(finished) >= promotions and len(finished) == len(runs) else None
+        return finished if len(finished) >= moves and len(finished) == len(runs) else None
 
-    return wait_for(done, 120, f"{DEPLOY_DAG_ID} to run once per promotion", check)
+    return wait_for(done, 180, f"{DEPLOY_DAG_ID} to run once per move of the champion, guard included", check)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -544,6 +680,7 @@ def main() -> int:
     env = airflow_env(api_url, mlflow_url, args.step_python and str(Path(args.step_python).absolute()))
     password = login_password()
     procs = Processes()
+    serving = Serving(mlflow_url)
     signal.signal(signal.SIGTERM, _interrupt)  # stop everything as Ctrl-C does
     try:
         say(describe_layout(args.step_python))
@@ -579,11 +716,31 @@ def main() -> int:
             f"unpaused {DAG_ID} and {DEPLOY_DAG_ID}; waiting for the asset watcher to run in the triggerer ..."
         )
         wait_for(lambda: watcher_running(WATCHER), 180, f"asset watcher {WATCHER}", procs.check)
+        serving.start()
+        say(
+            f"serving stand-in: logs live_auc of the champion every second to MLflow experiment {SERVING_EXPERIMENT}"
+        )
         rows = run_story(airflow, mlflow_url, procs.check)
-        deployments = wait_deployments(airflow, sum(1 for s in SCENARIO if s.expect_promoted), procs.check)
+        # One deploy_champion run per move of the champion: each promotion, and the guard's rollback.
+        deployments = wait_deployments(airflow, len(EXPECTED_HISTORY), procs.check)
+        serving.stopped.set()
+        from mlflow.tracking import MlflowClient
+
+        client = MlflowClient(tracking_uri=mlflow_url)
+        history = alias_history(env)
+        settle_champions(rows, history)
+        guards = guard_verdicts(client)
+        final = champion(client)
         print_table(rows)
-        say(f"{DEPLOY_DAG_ID} runs (one per promotion): {', '.join(r['state'] for r in deployments)}")
+        say(
+            f"{DEPLOY_DAG_ID} runs (one per move of the champion): {', '.join(r['state'] for r in deployments)}; "
+            f"their guards (live_auc < 0.7 in 3 checks every {GUARD_INTERVAL} s rolls back):"
+        )
+        say_guards(guards)
+        say(f"champion now: {final}")
+        print_history(history)
         say(f"Airflow UI: {api_url}/dags/{DAG_ID}  (login: {USER} / {password})")
+        say(f"  Models page (champion timeline, rollbacks): {api_url}/ml-models/models")
         say_lineage_links(api_url, rows)
         experiment = requests.get(
             f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
@@ -594,7 +751,7 @@ def main() -> int:
             f"MLflow UI:  {mlflow_url}/#/experiments/{experiment}  (models: {mlflow_url}/#/models/{MODEL_NAME})"
         )
         say(f"logs: {LOGS}")
-        problems = check_story(rows)
+        problems = check_story(rows) + check_guard(history, guards, final)
         for problem in problems:
             say(f"UNEXPECTED: {problem}")
         if args.serve:
@@ -610,6 +767,7 @@ def main() -> int:
         say(f"FAILED: {err}")
         return 1
     finally:
+        serving.stopped.set()
         procs.stop()
         say("stopped Airflow and MLflow")
 

@@ -1,8 +1,8 @@
 """
 dags_examples/continuous_training.py under dag.test() with real TFDV, TensorFlow (2 worker
 processes), TFMA and a real mlflow server: the first version bootstraps the schema and the first
-champion; the deployment DAG finds it; a version with a schema break, picked up by the scheduled
-variant's sensor, is stopped by validation and nothing downstream runs.
+champion; the deployment DAG finds it and guards its live metric; a version with a schema break,
+picked up by the scheduled variant's sensor, is stopped by validation and nothing downstream runs.
 
 (The watcher path itself, new version -> asset event -> DAG run on a real scheduler and triggerer,
 is tested in tests/integration/triggers/test_dataset_watcher_cluster.py.)
@@ -99,12 +99,21 @@ def test_continuous_training_tunes_bootstraps_a_champion_then_stops_a_schema_bre
         == f"{mlflow_conn.url}/#/experiments/{experiment.experiment_id}"
     )
 
-    deployed = run_dag(load_dag("deploy_champion", EXAMPLES), conf={"model_name": model})
+    # Serving logs v1's live AUC (healthy) where the deployment DAG's guard reads it.
+    serving = mlflow_client.create_experiment(f"{model}_serving")
+    serving_run = mlflow_client.create_run(serving, tags={"model_name": model, "model_version": "1"})
+    mlflow_client.log_metric(serving_run.info.run_id, "live_auc", 0.81)
+    deployed = run_dag(
+        load_dag("deploy_champion", EXAMPLES),
+        conf={"model_name": model, "guard_window": 1.5, "guard_interval": 0.5},
+    )
     assert task_xcom(deployed, "deploy") == {
         "model_name": model,
         "version": "1",
         "source": mlflow_client.get_model_version(model, "1").source,
     }
+    guarded = task_xcom(deployed, "guard")  # the first champion: nothing to roll back to, and healthy
+    assert (guarded["version"], guarded["outcome"], guarded["values"][0]) == ("1", "healthy", 0.81)
 
     generate_dataset({"root": str(root), "versions": [2], "rows": 3000, "type_change": "income"})
     second = run_dag(load_dag("continuous_training_scheduled", EXAMPLES), conf=params)

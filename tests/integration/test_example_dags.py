@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import json
+import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.harness import load_dag, run_dag, task_states, task_xcom
+from support.cluster import AirflowCluster
+from support.harness import DATABASE_URL_ENV, load_dag, postgres_base_url, run_dag, task_states, task_xcom
+from support.hitl import Respondent
+from support.model_fixtures import churn_version, log_churn_model
 
 pytestmark = pytest.mark.integration
 
@@ -24,6 +31,7 @@ def test_example_dags_import_cleanly():
         "example_distributed_training",
         "example_distributed_training_kubernetes",
         "example_model_blessing",
+        "example_promotion_approval",
         "example_hyperparameter_tuning",
         "continuous_training",
         "continuous_training_scheduled",
@@ -64,6 +72,7 @@ def test_example_data_validation_gates_in_three_modes(airflow_db, mlflow_conn, m
         "train_skip": "skipped",
         "validate_v2_warn": "success",
         "train_warn": "success",
+        "validate_v2_against_champion": "success",  # no champion here: validated without a baseline
     }
     experiment = mlflow_client.get_experiment_by_name("example_data_validation")
     runs = {
@@ -123,6 +132,7 @@ def test_example_model_blessing_evaluates_infra_validates_and_promotes(
     )
     assert task_states(dag_run) == {
         "generate_data": "success",
+        "generate_holdout": "success",
         "train": "success",
         "evaluate": "success",
         "infra_validate": "success",
@@ -131,6 +141,11 @@ def test_example_model_blessing_evaluates_infra_validates_and_promotes(
     xcom = {task: task_xcom(dag_run, task) for task in ("train", "evaluate", "infra_validate", "promote")}
     evaluation, infra, promotion = xcom["evaluate"], xcom["infra_validate"], xcom["promote"]
     assert evaluation["blessed"] and evaluation["baseline"] is None and evaluation["failures"] == []
+    # Evaluated on the new version and on the trusted holdout; the record names both.
+    assert evaluation["evaluated_on"] == ["data", "holdout"]
+    holdout = evaluation["evaluations"]["holdout"]
+    assert holdout["blessed"] and holdout["dataset_version"] == "0001"
+    assert holdout["data_uri"].endswith("/holdout/version=0001") and holdout["metrics"]["auc"] >= 0.6
     assert evaluation["candidate_model_uri"] == xcom["train"]["model_uri"]
     assert evaluation["metrics"]["auc"] >= 0.6
     assert infra["blessed"] and infra["model_uri"] == xcom["train"]["model_uri"]
@@ -139,3 +154,107 @@ def test_example_model_blessing_evaluates_infra_validates_and_promotes(
     tags = mlflow_client.get_model_version(name, "1").tags
     assert tags["airflow_ml.run.evaluation"] == evaluation["mlflow_run_id"]
     assert tags["airflow_ml.run.training"] == xcom["train"]["mlflow_run_id"]
+
+
+# -- example_promotion_approval: a person answers through a real api-server ----------------------
+
+APPROVER = ("approver", "approver-pw-1")
+
+
+@pytest.fixture(scope="module")
+def respondent(tmp_path_factory: pytest.TempPathFactory, airflow_db: Path) -> Iterator[Respondent]:
+    """An api-server on the session's metadata DB (the one dag.test() writes), and a user of it
+    (simple auth manager role ``user``) who answers the approval requests through its REST API."""
+    if not postgres_base_url():
+        pytest.skip(f"{DATABASE_URL_ENV} is not set: the api-server needs the PostgreSQL metadata DB")
+    work = tmp_path_factory.mktemp("approval")
+    passwords = work / "passwords.json"
+    passwords.write_text(json.dumps(dict([APPROVER])))
+    env = {
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_ALL_ADMINS": "False",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{APPROVER[0]}:user",
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(passwords),
+    }
+    db_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")
+    with AirflowCluster(work / "cluster", EXAMPLES, db_url=db_url, env=env) as cluster:
+        cluster.start_component("api-server")  # the session's DB is migrated (airflow_db)
+        yield Respondent(cluster.api_url, *APPROVER)
+
+
+@pytest.mark.slow
+def test_example_promotion_approval_waits_for_a_person(
+    airflow_db, mlflow_conn, mlflow_client, respondent, tmp_path
+):
+    """
+    The champion moves only on Approve: while the request waits nothing is promoted; Reject skips
+    the promotion and leaves the champion, its versions and its alias history as they were.
+    """
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+
+    dag_id = "example_promotion_approval"
+    name = f"churn_approval_{uuid.uuid4().hex[:6]}"
+    train_uri = churn_version(tmp_path / "train", seed=11)
+    eval_uri = churn_version(tmp_path / "eval", seed=12)
+    models = {
+        q: log_churn_model(mlflow_conn.url, "approval_models", train_uri, q) for q in ("medium", "good")
+    }
+    dag = load_dag(dag_id)
+    hook = MlflowHook()
+
+    def registry() -> dict[str, Any]:
+        versions = mlflow_client.search_model_versions(f"name = '{name}'")
+        if not versions:  # not registered yet
+            return {"aliases": {}, "versions": 0, "history": []}
+        history = [(e.from_version, e.to_version, e.kind, e.run_id) for e in hook.alias_history(name)]
+        aliases = dict(mlflow_client.get_registered_model(name).aliases)
+        return {"aliases": aliases, "versions": len(versions), "history": history}
+
+    def run(quality: str, option: str) -> tuple[Any, Any]:
+        thread, answer = respondent.answer_when_asked(dag_id, "approve", option, observe=registry)
+        conf = {"candidate_model_uri": models[quality], "data_uri": eval_uri, "model_name": name}
+        dag_run = run_dag(dag, conf=conf, expect=None)
+        thread.join(timeout=60)
+        assert answer.error is None, answer.error  # (the respondent then failed the run to end it)
+        assert str(dag_run.state) == "success", task_states(dag_run)
+        # While the request waited: evaluated, nothing promoted.
+        assert answer.task_states == {"evaluate": "success", "approve": "awaiting_input", "promote": None}
+        assert answer.response["chosen_options"] == [option]
+        assert answer.response["responded_by"]["name"] == APPROVER[0]
+        return dag_run, answer
+
+    # The first model: no champion to compare with; approved, it becomes the champion.
+    first, answer = run("medium", "Approve")
+    assert answer.observed == {"aliases": {}, "versions": 0, "history": []}
+    request = answer.request
+    assert request["subject"] == f"Promote the new {name} model to champion?"
+    assert request["options"] == ["Approve", "Reject"] and request["defaults"] == ["Reject"]
+    body = request["body"]
+    assert models["medium"] in body and "none yet" in body and "| auc |" in body
+    run_url = task_xcom(first, "evaluate")["report"].split(" (", 1)[1].rstrip(")")
+    assert f"[MLflow run]({run_url})" in body and f"({run_url}/artifacts/evaluation/report.html)" in body
+    assert task_states(first) == {"evaluate": "success", "approve": "success", "promote": "success"}
+    assert task_xcom(first, "approve")["chosen_options"] == ["Approve"]
+    assert task_xcom(first, "approve")["responded_by_user"]["name"] == APPROVER[0]
+    after_first = registry()
+    assert after_first["aliases"] == {"champion": "1"}
+    assert after_first["history"] == [(None, "1", "promotion", first.run_id)]
+
+    # A better candidate, rejected: the promotion is skipped, the registry does not change.
+    rejected, answer = run("good", "Reject")
+    assert answer.observed == after_first
+    evaluation = task_xcom(rejected, "evaluate")
+    assert evaluation["blessed"] and evaluation["baseline"]["version"] == "1"
+    assert "version 1 (`models:/" in answer.request["body"]
+    auc = f"| auc | {evaluation['metrics']['auc']:.4g} | {evaluation['baseline_metrics']['auc']:.4g} |"
+    assert auc in answer.request["body"]
+    assert task_states(rejected) == {"evaluate": "success", "approve": "success", "promote": "skipped"}
+    assert registry() == after_first
+
+    # The same candidate, approved: the champion moves to it.
+    approved, answer = run("good", "Approve")
+    assert answer.observed == after_first
+    assert task_states(approved) == {"evaluate": "success", "approve": "success", "promote": "success"}
+    after = registry()
+    assert after["aliases"] == {"champion": "2", "previous_champion": "1"}
+    assert after["history"] == [*after_first["history"], ("1", "2", "promotion", approved.run_id)]
+    assert task_xcom(approved, "promote")["previous_version"] == "1"
