@@ -130,6 +130,8 @@ TAG_PROMOTED_AT = "airflow_ml.promoted_at"
 TAG_PROMOTED_TO = "airflow_ml.promoted_to"
 TAG_REPLACED_VERSION = "airflow_ml.replaced_version"
 TAG_ROLLED_BACK_AT = "airflow_ml.rolled_back_at"
+TAG_APPROVED_BY = "airflow_ml.approved_by"  # the person who approved the promotion (ApprovalOperator)
+TAG_APPROVED_AT = "airflow_ml.approved_at"
 
 # Baselines that travel with a model version (operators/_baselines.py). On the version, set by the
 # promotion: the statistics and schema of the data it was trained on (copies in the promotion run,

@@ -63,6 +63,7 @@ class Benchmark:
 BENCHMARKS = (
     Benchmark("parse_overhead", ("--repeat", "20", "--skip-tensorflow")),
     Benchmark("tracking_overhead", ("--rounds", "1", "--metrics", "5000", "--baseline-metrics", "200")),
+    Benchmark("alias_history", ("--rounds", "1", "--reads", "3")),
     Benchmark("validation", ("--repeat", "1", "--skip-beam", "--skip-5m")),
     Benchmark("freshness", ("--versions", "12", "--burst", "4", "--settle", "60", "--skip-scale")),
     Benchmark("training", ("--rows", "20000", "--epochs", "2")),

@@ -128,6 +128,7 @@ with DAG(
         task_id="promote",
         model_name="{{ params.model_name }}",
         evaluation=evaluate.output,
+        approval=approve.output,  # who approved, and when, goes to the version and the history
     )
     evaluate >> approve >> promote
     # [END howto_promotion_approval]

@@ -17,6 +17,8 @@ from airflow_ml_provider.vocabulary import (
     PROMOTION_REFUSED,
     STEP_PROMOTE,
     STEP_VALIDATE_DATA,
+    TAG_APPROVED_AT,
+    TAG_APPROVED_BY,
     TAG_CANDIDATE_MODEL_URI,
     TAG_DAG_RUN_KEY,
     TAG_EVALUATED_AGAINST,
@@ -41,6 +43,7 @@ if TYPE_CHECKING:
     from airflow_ml_provider.tracking import TaskRun
 
 ON_REFUSED = ("fail", "skip")
+APPROVE = "Approve"  # the option of Airflow's ApprovalOperator that lets the promotion go on
 MAX_METRIC_TAGS = 20
 
 
@@ -68,6 +71,9 @@ class PromoteModelOperator(MLflowTrackedOperator):
     :param evaluation: the evaluation task's output (templated; an XComArg such as
         ``evaluate.output``): ``blessed``, ``candidate_model_uri``, ``baseline`` ...
     :param infra_validation: the infra validation task's output (templated), or None.
+    :param approval: the output of an Airflow ``ApprovalOperator`` (or ``HITLOperator``) that asked
+        a person (templated; ``approve.output``), or None. Required to hold the option
+        ``Approve``; who approved, and when, goes into the version's tags and the alias history.
     :param alias: the alias to move (default ``champion``).
     :param previous_alias: the alias the replaced version keeps (default ``previous_champion``;
         None: none).
@@ -79,10 +85,11 @@ class PromoteModelOperator(MLflowTrackedOperator):
         "model_name",
         "evaluation",
         "infra_validation",
+        "approval",
         "alias",
         *MLflowTrackedOperator.template_fields,
     )
-    template_fields_renderers = {"evaluation": "json", "infra_validation": "json"}
+    template_fields_renderers = {"evaluation": "json", "infra_validation": "json", "approval": "json"}
     ui_color = "#f6e7c8"
     operator_extra_links = (*MLflowTrackedOperator.operator_extra_links, RegisteredModelVersionLink())
 
@@ -92,6 +99,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
         model_name: str,
         evaluation: Any,
         infra_validation: Any = None,
+        approval: Any = None,
         alias: str = ALIAS_CHAMPION,
         previous_alias: str | None = ALIAS_PREVIOUS_CHAMPION,
         key_metrics: list[str] | None = None,
@@ -102,6 +110,7 @@ class PromoteModelOperator(MLflowTrackedOperator):
         self.model_name = model_name
         self.evaluation = evaluation
         self.infra_validation = infra_validation
+        self.approval = approval
         self.alias = alias
         self.previous_alias = previous_alias
         self.key_metrics = key_metrics
@@ -114,7 +123,11 @@ class PromoteModelOperator(MLflowTrackedOperator):
             )
         if not self.model_name or not isinstance(self.model_name, str):
             raise ValueError(f"Task {self.task_id!r}: model_name is empty (after rendering the template).")
-        for name, value in (("evaluation", self.evaluation), ("infra_validation", self.infra_validation)):
+        for name, value in (
+            ("evaluation", self.evaluation),
+            ("infra_validation", self.infra_validation),
+            ("approval", self.approval),
+        ):
             if value is not None and not isinstance(value, dict):
                 raise TypeError(
                     f"Task {self.task_id!r}: {name} must be the dict the {name} task returned "
@@ -181,6 +194,11 @@ class PromoteModelOperator(MLflowTrackedOperator):
             raise PromotionRefused(
                 f"Not promoting {uri}: it is not blessed by its evaluation. Failed thresholds:\n"
                 + "\n".join(f"  - {f}" for f in failures)
+            )
+        if self.approval is not None and APPROVE not in (self.approval.get("chosen_options") or []):
+            raise PromotionRefused(
+                f"Not promoting {uri}: the approval task answered "
+                f"{self.approval.get('chosen_options')!r}, not {APPROVE!r}."
             )
         infra = self.infra_validation
         if infra is None:
@@ -314,15 +332,26 @@ class PromoteModelOperator(MLflowTrackedOperator):
             against = f"{self.alias} version {expected}" if expected else f"no {self.alias}"
         metrics = evaluation.get("metrics") or {}
         shown = ", ".join(f"{name} {metrics[name]:.4g}" for name in sorted(metrics)[:5])
+        approved = self._approver()
         return MoveRecord(
             kind=MOVE_PROMOTION,
-            reason=f"Blessed against {against}" + (f" ({shown})." if shown else "."),
+            reason=f"Blessed against {against}"
+            + (f" ({shown})." if shown else ".")
+            + (f" Approved by {approved[0]} at {approved[1]}." if approved else ""),
             dag_id=identity.dag_id,
             run_id=identity.run_id,
             task_id=identity.task_id,
             dataset_version=str(evaluation.get("dataset_version") or "") or None,
             evaluation_run_id=evaluation.get("mlflow_run_id"),
         )
+
+    def _approver(self) -> tuple[str, str] | None:
+        """Who approved (name or id) and when, from the approval task's output."""
+        if not self.approval:
+            return None
+        user = self.approval.get("responded_by_user") or {}
+        who = (user.get("name") or user.get("id") or "unknown") if isinstance(user, dict) else str(user)
+        return str(who), str(self.approval.get("responded_at") or "")
 
     def _lineage_tags(
         self, run: TaskRun, identity: Any, evaluation: dict[str, Any], expected: str | None
@@ -346,6 +375,9 @@ class PromoteModelOperator(MLflowTrackedOperator):
         if validation:
             runs["validation"] = ",".join(r.info.run_id for r in validation)
         tags.update({f"{TAG_VERSION_RUN_PREFIX}{k}": str(v) for k, v in runs.items() if v})
+        approved = self._approver()
+        if approved:
+            tags.update({TAG_APPROVED_BY: approved[0], TAG_APPROVED_AT: approved[1]})
         metrics = evaluation.get("metrics") or {}
         names = self.key_metrics or sorted(metrics)[:MAX_METRIC_TAGS]
         tags.update({f"{TAG_VERSION_METRIC_PREFIX}{n}": f"{metrics[n]:.6g}" for n in names if n in metrics})
