@@ -76,6 +76,9 @@ def route_mlflow_logging() -> None:
             logger.propagate = True
 
 
+PROGRESS_BAR_ENV = "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"
+
+
 def build_client(settings: MlflowSettings) -> MlflowClient:
     """Return a client for ``settings``; plain for database stores, credentialed for HTTP."""
     route_mlflow_logging()
@@ -85,6 +88,10 @@ def build_client(settings: MlflowSettings) -> MlflowClient:
     from mlflow.tracking._model_registry.client import ModelRegistryClient
     from mlflow.tracking._tracking_service.client import TrackingServiceClient
 
+    # MLflow draws a tqdm bar on stderr for every artifact download (the promotion copying a
+    # baseline, a pod's result read back), which a task log records at level ERROR: no bars in the
+    # processes the hook serves, unless the user asked for them.
+    os.environ.setdefault(PROGRESS_BAR_ENV, "false")
     client = MlflowClient(tracking_uri=settings.tracking_uri, registry_uri=settings.registry_uri)
     if not settings.is_http:
         return client

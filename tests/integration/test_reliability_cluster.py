@@ -301,7 +301,11 @@ def _max_overlap(intervals: list[tuple[float, float]]) -> int:
 
 
 def test_five_dag_runs_at_once_promote_along_one_chain_and_the_champion_never_regresses(
-    env: Env, churn_models: dict[str, Any], mlflow_client: Any, record_property: Any
+    env: Env,
+    churn_models: dict[str, Any],
+    mlflow_client: Any,
+    mlflow_conn: MlflowServer,
+    record_property: Any,
 ):
     dag_id = "reliability_concurrent"
     name = f"race_{uuid.uuid4().hex[:6]}"
@@ -360,7 +364,16 @@ def test_five_dag_runs_at_once_promote_along_one_chain_and_the_champion_never_re
     assert ranks == sorted(ranks), [(n, quality[n]) for n in chain]
     registered = mlflow_client.get_registered_model(name)
     assert registered.aliases["champion"] == chain[-1]
-    assert registered.tags["airflow_ml.alias_epoch.champion"] == str(len(chain))
+    # The alias history is that chain exactly: the champion seeded by hand (recorded as a manual
+    # move by the first promotion that saw it, which takes one more epoch), then each promotion.
+    from airflow_ml_provider.hooks.mlflow import MlflowHook
+
+    history = MlflowHook().alias_history(name)
+    assert [(e.from_version, e.to_version, e.kind) for e in history] == [(None, "1", "manual")] + [
+        (before, after, "promotion") for before, after in zip(chain, chain[1:], strict=False)
+    ]
+    assert {e.run_id for e in history[1:]} <= set(run_ids)
+    assert registered.tags["airflow_ml.alias_epoch.champion"] == str(len(chain) + 1)
     # A promotion that lost the race is refused (re-evaluate); one whose candidate is the very
     # model that won finds it already the champion (a no-op).
     experiment = mlflow_client.get_experiment_by_name(dag_id)

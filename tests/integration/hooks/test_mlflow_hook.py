@@ -158,3 +158,18 @@ def test_parallel_mapped_tasks_share_one_parent_run_on_postgres(mlflow_server, m
         assert len({task for rid, _, _, task in results if rid == run_id}) == processes
     # The race really happened: some DAG runs got (and discarded) more than one candidate parent.
     assert candidates > rounds
+
+
+def test_artifact_downloads_draw_no_progress_bar_on_stderr(monkeypatch, mlflow_conn, tmp_path: Path, capfd):
+    """A task log records stderr at level ERROR: a clean promotion copying a baseline logs none."""
+    monkeypatch.delenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", raising=False)
+    hook = MlflowHook()
+    run = hook.client.create_run(hook.get_or_create_experiment("progress-bars"))
+    (tmp_path / "a.json").write_text("{}")
+    hook.client.log_artifact(run.info.run_id, str(tmp_path / "a.json"), "out")
+    capfd.readouterr()
+    hook.client.download_artifacts(run.info.run_id, "out/a.json", str(tmp_path))
+    assert "Downloading artifacts" not in capfd.readouterr().err
+    monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true")  # asked for: drawn
+    hook.client.download_artifacts(run.info.run_id, "out/a.json", str(tmp_path / "again"))
+    assert "Downloading artifacts" in capfd.readouterr().err
