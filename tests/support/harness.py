@@ -303,3 +303,18 @@ def log_problems(text: str) -> list[str]:
         elif _PROBLEM_LINE.search(line):
             problems.append(line)
     return problems
+
+
+def asset_event_extras(asset_name: str, run_id: str) -> list[dict[str, Any]]:
+    """The extras of the events a DAG run emitted for the asset ``asset_name`` (metadata DB)."""
+    from airflow.models.asset import AssetEvent, AssetModel
+    from airflow.utils.session import create_session
+
+    with create_session() as session:
+        rows = (
+            session.query(AssetEvent)
+            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
+            .filter(AssetModel.name == asset_name, AssetEvent.source_run_id == run_id)
+            .all()
+        )
+        return [dict(row.extra or {}) for row in rows]

@@ -16,6 +16,7 @@ from urllib.parse import urlsplit
 import pytest
 from support.guard_metrics import CALLABLE, ensure_postgres_hook, script
 from support.harness import (
+    asset_event_extras,
     create_database,
     drop_database,
     load_dag,
@@ -66,20 +67,6 @@ def history(name: str) -> list[tuple[str, str | None, str]]:
     return [(e.kind, e.from_version, e.to_version) for e in MlflowHook().alias_history(name)]
 
 
-def asset_extras(asset_name: str, run_id: str) -> list[dict[str, Any]]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == asset_name, AssetEvent.source_run_id == run_id)
-            .all()
-        )
-        return [dict(row.extra or {}) for row in rows]
-
-
 def assert_rolled_back(
     client: Any, name: str, dag_run: Any, values: list[float], xcom_values: list[float] | None = None
 ) -> None:
@@ -116,8 +103,8 @@ def assert_rolled_back(
         "outcome": "rolled_back",
         "metric": "live_auc",
     }
-    assert asset_extras("guard_test_outcome", dag_run.run_id) == [extra]
-    assert asset_extras("guard_test_champion", dag_run.run_id) == [extra]
+    assert asset_event_extras("guard_test_outcome", dag_run.run_id) == [extra]
+    assert asset_event_extras("guard_test_champion", dag_run.run_id) == [extra]
 
 
 def test_a_sustained_breach_rolls_the_champion_back(airflow_db, mlflow_conn, mlflow_client, capfd):
@@ -149,8 +136,8 @@ def test_a_healthy_metric_leaves_the_champion_and_a_gap_resets_the_count(
     assert result["values"][:6] == [0.5, 0.5, None, 0.5, 0.5, 0.7]
     assert mlflow_client.get_registered_model(name).aliases == {"champion": "2", "previous_champion": "1"}
     assert [kind for kind, *_ in history(name)] == ["promotion", "promotion"]
-    assert asset_extras("guard_test_champion", dag_run.run_id) == []  # only a rollback reaches it
-    [outcome] = asset_extras("guard_test_outcome", dag_run.run_id)
+    assert asset_event_extras("guard_test_champion", dag_run.run_id) == []  # only a rollback reaches it
+    [outcome] = asset_event_extras("guard_test_outcome", dag_run.run_id)
     assert (outcome["outcome"], outcome["to_version"]) == ("healthy", None)
 
 
@@ -166,7 +153,7 @@ def test_a_newer_promotion_during_the_breach_is_never_rolled_back(airflow_db, ml
     assert "not rolled back" in result["reason"]
     assert mlflow_client.get_registered_model(name).aliases == {"champion": "3", "previous_champion": "2"}
     assert history(name)[-1] == ("promotion", "2", "3")
-    assert asset_extras("guard_test_champion", dag_run.run_id) == []
+    assert asset_event_extras("guard_test_champion", dag_run.run_id) == []
 
 
 def test_the_guard_stops_when_the_champion_moves_during_the_window(airflow_db, mlflow_conn, mlflow_client):

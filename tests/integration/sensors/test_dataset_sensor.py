@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 from support.dataset_fixtures import land
-from support.harness import load_dag, run_dag, task_states
+from support.harness import asset_event_extras, load_dag, run_dag, task_states
 
 from airflow_ml_provider.dataset_version import DatasetVersion
 
@@ -27,20 +27,6 @@ def _xcom(dag_id: str, run_id: str, task_id: str) -> Any:
         return XComModel.deserialize_value(row)
 
 
-def _asset_event_extras(asset_name: str, run_id: str) -> list[dict[str, Any]]:
-    from airflow.models.asset import AssetEvent, AssetModel
-    from airflow.utils.session import create_session
-
-    with create_session() as session:
-        rows = (
-            session.query(AssetEvent)
-            .join(AssetModel, AssetEvent.asset_id == AssetModel.id)
-            .filter(AssetModel.name == asset_name, AssetEvent.source_run_id == run_id)
-            .all()
-        )
-        return [dict(row.extra or {}) for row in rows]
-
-
 @pytest.mark.parametrize("mode", ["poke", "deferred"])
 def test_sensor_delivers_newer_versions_and_remembers_the_last(airflow_db, tmp_path: Path, mode: str):
     dag_id = f"test_dataset_sensor_{mode}"
@@ -54,7 +40,7 @@ def test_sensor_delivers_newer_versions_and_remembers_the_last(airflow_db, tmp_p
     value = _xcom(dag_id, first.run_id, "wait")
     assert value["version"] == "0002" and value["covered_versions"] == ["0001", "0002"]
     assert value["uri"] == f"{root}/version=0002"
-    (extra,) = _asset_event_extras("test_dataset_checked", first.run_id)
+    (extra,) = asset_event_extras("test_dataset_checked", first.run_id)
     assert extra["version"] == "0002" and extra["fingerprint"] == value["fingerprint"]
     # One payload: the outlet event carries what the XCom holds, read back by the same type.
     found = DatasetVersion.from_event_extra(extra)
