@@ -537,6 +537,23 @@ def check_guard(history: list[dict[str, Any]], guards: list[dict[str, str]], fin
     return problems
 
 
+def check_models_page(airflow: Airflow, final: str, history: list[dict[str, Any]]) -> list[str]:
+    """Read the Models page's data as the logged-in user; say what it shows; problems if it differs."""
+    response = airflow.session.get(f"{airflow.url}/ml-models/api/models/{MODEL_NAME}", timeout=60)
+    if not response.ok:
+        return [f"the Models page answered {response.status_code}: {response.text[:300]}"]
+    page = response.json()
+    rollbacks = [m for m in page["rollbacks"] if m["kind"] == "rollback"]
+    say(
+        f"  it shows {MODEL_NAME}: champion v{page['champion']}, {len(page['versions'])} versions, "
+        f"{len(page['history'])} moves, {len(rollbacks)} rollback"
+    )
+    problems = []
+    if f"v{page['champion']}" != final or len(page["history"]) != len(history) or len(rollbacks) != 1:
+        problems.append(f"the Models page shows champion v{page['champion']}, {len(page['history'])} moves")
+    return problems
+
+
 def print_table(rows: list[dict[str, str]]) -> None:
     columns = ("version", "DAG run", "validation", "blessing", "champion after", "freshness")
     widths = {c: max(len(c), *(len(r[c]) for r in rows)) for c in columns}
@@ -741,6 +758,7 @@ def main() -> int:
         print_history(history)
         say(f"Airflow UI: {api_url}/dags/{DAG_ID}  (login: {USER} / {password})")
         say(f"  Models page (champion timeline, rollbacks): {api_url}/ml-models/models")
+        models_page = check_models_page(airflow, final, history)
         say_lineage_links(api_url, rows)
         experiment = requests.get(
             f"{mlflow_url}/api/2.0/mlflow/experiments/get-by-name",
@@ -751,7 +769,7 @@ def main() -> int:
             f"MLflow UI:  {mlflow_url}/#/experiments/{experiment}  (models: {mlflow_url}/#/models/{MODEL_NAME})"
         )
         say(f"logs: {LOGS}")
-        problems = check_story(rows) + check_guard(history, guards, final)
+        problems = check_story(rows) + check_guard(history, guards, final) + models_page
         for problem in problems:
             say(f"UNEXPECTED: {problem}")
         if args.serve:
