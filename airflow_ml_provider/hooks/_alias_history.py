@@ -34,9 +34,9 @@ from typing import TYPE_CHECKING, Any
 
 from airflow_ml_provider.vocabulary import (
     HISTORY_OUTCOME_DONE,
-    HISTORY_OUTCOME_RELEASED,
     MOVE_MANUAL,
     MOVE_PROMOTION,
+    TAG_CLAIM_VALUE,
     TAG_HISTORY_ENTRY,
     TAG_HISTORY_EPOCH,
     TAG_HISTORY_KEY,
@@ -171,11 +171,13 @@ class AliasHistoryMixin:
         last put it; return the new entry (None when there was nothing to record).
         """
         for _ in range(MAX_MANUAL_ATTEMPTS):
+            # The epoch first, then the history and the alias: a move claimed after this read holds
+            # this epoch, so the claim below loses to it instead of recording its move as manual.
+            epoch = self.alias_epoch(model_name, alias)
             entries, current = self._settled_history(model_name, alias, record_manual=False)
             last = entries[-1].to_version if entries else None
             if current == last:
                 return None
-            epoch = self.alias_epoch(model_name, alias)
             owner = f"observed/{uuid.uuid4().hex}"
             was = "not set" if last is None else f"version {last}"
             reason = (
@@ -265,8 +267,6 @@ class AliasHistoryMixin:
         """The records (epoch -> (owner, entry JSON)) and outcomes (epoch -> outcome) on record."""
         from mlflow.entities import ViewType
 
-        from airflow_ml_provider.vocabulary import TAG_CLAIM_VALUE
-
         records: dict[int, tuple[str, str]] = {}
         outcomes: dict[int, str] = {}
         token = None
@@ -278,7 +278,7 @@ class AliasHistoryMixin:
                 page_token=token,
             )
             for experiment in page:
-                self._collect(experiment, records, outcomes, TAG_CLAIM_VALUE)
+                self._collect(experiment, records, outcomes)
             token = page.token
             if not token:
                 return records, outcomes
@@ -288,7 +288,6 @@ class AliasHistoryMixin:
         experiment: Experiment,
         records: dict[int, tuple[str, str]],
         outcomes: dict[int, str],
-        value_tag: str,
     ) -> None:
         tags = experiment.tags or {}
         try:
@@ -298,7 +297,7 @@ class AliasHistoryMixin:
         if TAG_HISTORY_OUTCOME in tags:
             outcomes[epoch] = tags[TAG_HISTORY_OUTCOME]
         elif TAG_HISTORY_ENTRY in tags:
-            records[epoch] = (tags.get(value_tag, ""), tags[TAG_HISTORY_ENTRY])
+            records[epoch] = (tags.get(TAG_CLAIM_VALUE, ""), tags[TAG_HISTORY_ENTRY])
 
     @staticmethod
     def _entry(model_name: str, alias: str, epoch: int, owner: str, text: str) -> AliasHistoryEntry:
@@ -322,8 +321,6 @@ class AliasHistoryMixin:
 
 
 __all__ = [
-    "HISTORY_OUTCOME_DONE",
-    "HISTORY_OUTCOME_RELEASED",
     "AliasHistoryEntry",
     "AliasHistoryMixin",
     "MoveRecord",
