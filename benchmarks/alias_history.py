@@ -402,6 +402,8 @@ def goals(summary: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]
 
 
 def print_table(report: dict[str, Any]) -> None:
+    from tracking_overhead import markdown_table  # the same table as the other benchmarks
+
     """A Markdown table: one row per case and N (its median round), the ratio to its baseline."""
     columns = [
         "case",
@@ -431,14 +433,6 @@ def print_table(report: dict[str, Any]) -> None:
         for n, cases in report["summary"].items()
         for case, s in cases.items()
     ]
-    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(columns)]
-
-    def line(cells: list[str]) -> str:
-        padded = [
-            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
     print()
     print(
         f"Alias history ({report['server']}; Python {report['python']}, {report['machine']}; "
@@ -446,10 +440,7 @@ def print_table(report: dict[str, Any]) -> None:
         f"the run {', '.join(f'{x:.2f}' for x in report['load_average_before'])})"
     )
     print()
-    print(line(columns))
-    print("|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|")
-    for row in rows:
-        print(line(row))
+    print("\n".join(markdown_table(columns, rows)))
     print()
     for n, cases in report["summary"].items():
         print(

@@ -270,6 +270,20 @@ def summarise(results: list[CaseResult], args: argparse.Namespace) -> dict[str, 
     }
 
 
+def markdown_table(columns: list[str], rows: list[list[str]]) -> list[str]:
+    """A Markdown table's lines: the first column left-aligned, the others right-aligned."""
+    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(columns)]
+
+    def line(cells: list[str]) -> str:
+        padded = [
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths, strict=True))
+        ]
+        return "| " + " | ".join(padded) + " |"
+
+    rule = "|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|"
+    return [line(columns), rule, *(line(row) for row in rows)]
+
+
 def print_table(report: dict[str, Any]) -> None:
     """A Markdown table: one row per case (its median round), the ratio to the baseline."""
     summary = report["summary"]
@@ -297,24 +311,13 @@ def print_table(report: dict[str, Any]) -> None:
         ]
         for case, s in summary.items()
     ]
-    widths = [max(len(col), *(len(r[i]) for r in rows)) for i, col in enumerate(columns)]
-
-    def line(cells: list[str]) -> str:
-        padded = [
-            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(padded) + " |"
-
     print()
     print(
         f"Tracking overhead ({report['server']}; Python {report['python']}, {report['machine']}; "
         f"median of {report['rounds']} rounds)"
     )
     print()
-    print(line(columns))
-    print("|" + "|".join("-" * (w + 1) + ":" if i else "-" * (w + 2) for i, w in enumerate(widths)) + "|")
-    for row in rows:
-        print(line(row))
+    print("\n".join(markdown_table(columns, rows)))
     provider = summary[CASES[1]]["ms_per_metric"]
     verdict = "PASS" if report["provider_meets_goal"] else "FAIL"
     print()
