@@ -31,6 +31,7 @@ from typing import Any
 
 from airflow_ml_provider import __version__
 from airflow_ml_provider.exceptions import StepEnvironmentError
+from airflow_ml_provider.ml.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 # Where --mlflow-run records the step's result in the run's artifacts (the name the launchers import).
 from airflow_ml_provider.vocabulary import ARTIFACT_STEP_RESULT as STEP_RESULT_ARTIFACT
@@ -38,7 +39,6 @@ from airflow_ml_provider.vocabulary import ARTIFACT_STEP_RESULT as STEP_RESULT_A
 # Not __name__: under ``python -m`` that is "__main__", which says nothing in the parent's log.
 log = logging.getLogger("airflow_ml_provider.ml")
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 LOG_FORMAT = "%(levelname)s %(name)s: %(message)s"
 # Set by PythonRunner: the pid of the process that started this step.
 PARENT_PID_ENV = "AIRFLOW_ML_PARENT_PID"
