@@ -186,9 +186,26 @@ def get_provider_info() -> dict[str, Any]:
                         "limits 2 CPUs and 4 GiB.",
                         '{"requests": {"cpu": "2", "memory": "4Gi"}, "limits": {"memory": "8Gi"}}',
                     ),
+                    "step_queue_name": _option(
+                        "The Kueue LocalQueue (in the steps' namespace) of the steps' Jobs: they are created "
+                        "suspended and start when Kueue admits them. A task's queue_name wins; "
+                        "queue_name='' sends its Job past Kueue. Empty: no queue.",
+                        "team-ml",
+                    ),
+                    "step_priority_class_name": _option(
+                        "The PriorityClass of the steps' pods. A task's priority_class_name wins. Empty: none.",
+                        "ml-training",
+                    ),
                     "kubernetes_conn_id": _option(
                         "The kubernetes connection (cncf provider) of the steps' pods. Empty: kubernetes_default.",
                         "kubernetes_ml",
+                    ),
+                    "checkpoint_uri": _option(
+                        "Where DistributedTrainingOperator keeps the checkpoints of tasks with "
+                        "checkpoint_every and no checkpoint_uri of their own: a directory every worker can "
+                        "read and write (shared path or fsspec URI); each task instance gets "
+                        "<uri>/<dag_id>/<run_id>/<task_id>[/<map_index>]. Empty: the task's MLflow run.",
+                        "s3://ml-checkpoints/airflow",
                     ),
                     "warm_steps": {
                         "description": (

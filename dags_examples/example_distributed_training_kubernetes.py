@@ -6,7 +6,10 @@ Each pod runs ``python -m airflow_ml_provider.ml train_model`` from ``image`` (w
 TensorFlow, this provider and the ``run_fn`` module) and derives its TF_CONFIG from its completion
 index; a headless Service gives the pods stable names. The task waits in the triggerer
 (``deferrable=True``); a retry reattaches to the Job it started; a gang whose pods are not all
-running within ``start_timeout`` is deleted and the task fails with the pending reason. The pods
+running within ``start_timeout`` is deleted and the task fails with the pending reason. The Job
+waits in the Kueue LocalQueue ``team-a`` until the queue admits all four pods at once; an evicted
+or preempted pod is replaced, and the gang resumes from its last checkpoint (every epoch, in the
+task's MLflow run). The pods
 log to MLflow with the credentials of the Secret ``mlflow-credentials``
 (``MLFLOW_TRACKING_TOKEN``, or ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``).
 See docs/training.md for the RBAC the Airflow workers and triggerer need.
@@ -46,6 +49,13 @@ with DAG(
         service_account="ml-training",
         mlflow_secret="mlflow-credentials",
         start_timeout=900,
+        # [START howto_operator_distributed_training_kubernetes_resilience]
+        checkpoint_every="epoch",  # a restarted gang or a retry resumes from the last epoch
+        worker_restarts=3,  # per worker (completion index); evictions are not counted
+        queue_name="team-a",  # Kueue: created suspended, admitted all-or-nothing
+        admission_timeout=4 * 3600,
+        priority_class_name="ml-training",
+        # [END howto_operator_distributed_training_kubernetes_resilience]
         deferrable=True,
         retries=2,
     )

@@ -29,7 +29,8 @@ PLACEMENT_ARGUMENTS = (
     "placement", "workers", "python", "step_env", "step_timeout", "runner", "launcher", "worker_env",
     "kubernetes_conn_id", "image", "namespace", "container_resources", "node_selector", "tolerations",
     "service_account", "pod_run_as_user", "pod_run_as_group", "labels", "image_pull_secrets",
-    "mlflow_secret", "port", "start_timeout", "poll_interval", "deferrable",
+    "mlflow_secret", "port", "start_timeout", "poll_interval", "deferrable", "gpus", "gpu_resource",
+    "affinity", "priority_class_name", "queue_name", "admission_timeout", "worker_restarts", "durable",
 )  # fmt: skip
 
 
@@ -93,6 +94,25 @@ class StepPlacement:
     :param start_timeout: seconds for every pod to be running before the Job is failed and removed.
     :param poll_interval: seconds between status checks of the Job.
     :param deferrable: wait for the pods in the triggerer; defaults to ``[operators] default_deferrable``.
+    :param gpus: accelerators per pod (limits and requests of ``gpu_resource``); default 0.
+    :param gpu_resource: the extended resource of ``gpus``; default ``nvidia.com/gpu``.
+    :param affinity: the pods' affinity, in Kubernetes' dict form (``nodeAffinity``, ``podAffinity``,
+        ``podAntiAffinity``).
+    :param priority_class_name: the pods' PriorityClass; default ``[ml_provider]
+        step_priority_class_name``; ``""`` sets none whatever the configuration says.
+    :param queue_name: a Kueue LocalQueue of the namespace: the Job is created suspended with the
+        queue's label and starts when Kueue admits it (all its pods at once); default
+        ``[ml_provider] step_queue_name``; ``""`` sends the Job past Kueue whatever the configuration says.
+    :param admission_timeout: seconds a Job may wait for Kueue's admission (or readmission after a
+        preemption) before it is deleted and the task fails with the queue's reason; None (default)
+        waits for ever. ``start_timeout`` counts from the admission.
+    :param worker_restarts: failures per worker of a gang before it fails (default 3): in pods the
+        Job's ``backoffLimitPerIndex`` (an eviction or preemption does not count, an application
+        error fails the gang at once); locally, how often the gang of processes restarts after a
+        worker was killed or lost its peer. A restarted gang resumes from its last checkpoint.
+    :param durable: remember the task's Job in Airflow's task state store (Airflow 3.3+), so a try
+        that follows a lost worker reads the result of a Job that already succeeded instead of
+        running it again (a live Job is reattached by name either way). Default True.
     :param runner: deprecated: ``"in_process"`` is ``placement="worker"``, ``"python"`` is ``"interpreter"``.
     :param launcher: deprecated: ``"local"`` is ``placement="interpreter"``, ``"kubernetes"`` is ``"pod"``.
     :param worker_env: deprecated name of ``step_env``.
@@ -130,6 +150,15 @@ class StepPlacement:
     start_timeout: float
     poll_interval: float
     deferrable: bool
+    # Defaults too, for an operator whose __init__ does not take these arguments (yet).
+    gpus: int = 0
+    gpu_resource: str | None = None
+    affinity: dict[str, Any] | None = None
+    priority_class_name: str | None = None
+    queue_name: str | None = None
+    admission_timeout: float | None = None
+    worker_restarts: int = 3
+    durable: bool = True
 
     def _init_placement(self, settings: dict[str, Any]) -> None:
         """Set the placement arguments (``settings``: the operator's keyword arguments of that name)."""
@@ -196,6 +225,15 @@ class StepPlacement:
     def resolved_conn_id(self) -> str:
         return str(self.kubernetes_conn_id or config_default("kubernetes_conn_id", "kubernetes_default"))
 
+    def resolved_queue_name(self) -> str | None:
+        """The Kueue LocalQueue: the argument, else ``[ml_provider] step_queue_name``; ``""`` is none."""
+        return (self.queue_name if self.queue_name is not None else config_default("step_queue_name")) or None
+
+    def resolved_priority_class_name(self) -> str | None:
+        """The PriorityClass: the argument, else ``[ml_provider] step_priority_class_name``; ``""`` is none."""
+        given = self.priority_class_name
+        return (given if given is not None else config_default("step_priority_class_name")) or None
+
     def resolved_resources(self) -> dict[str, Any] | None:
         text = config_default("step_resources")
         if self.container_resources is not None or text is None:
@@ -229,6 +267,40 @@ class StepPlacement:
             said=self._placement_argument(),
             image_hint=f", or [{SECTION}] step_image in the configuration",
         )
+        self._check_pod_arguments(where)
+
+    def _check_pod_arguments(self, where: str) -> None:
+        """The pods' settings: with the configuration's defaults for ``placement='pod'``, else the DAG's own."""
+        from airflow_ml_provider.runners.kubernetes_objects import DEFAULT_GPU_RESOURCE, check_pod_placement
+
+        if self.placement_name == "pod":
+            resources, queue, priority = (
+                self.resolved_resources(), self.resolved_queue_name(), self.resolved_priority_class_name()
+            )  # fmt: skip
+        else:
+            resources, queue, priority = self.container_resources, self.queue_name, self.priority_class_name
+        check_pod_placement(
+            where,
+            resources=resources,
+            node_selector=self.node_selector,
+            tolerations=self.tolerations,
+            gpus=self.gpus,
+            gpu_resource=DEFAULT_GPU_RESOURCE if self.gpu_resource is None else self.gpu_resource,
+            affinity=self.affinity,
+            priority_class_name=priority or None,
+            queue_name=queue or None,
+            worker_restarts=self.worker_restarts,
+        )
+        timeout = self.admission_timeout
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise ValueError(
+                f"{where}: admission_timeout must be a number of seconds > 0, or None to wait for "
+                f"Kueue's admission for ever, got {timeout!r}."
+            )
+        if not isinstance(self.durable, bool):
+            raise ValueError(f"{where}: durable must be True or False, got {self.durable!r}.")
 
     # -- what subclasses say ---------------------------------------------------------------------
 
@@ -287,6 +359,7 @@ class StepPlacement:
             timeout=self.step_timeout,
             env=self.local_environment(run) if self.placement_name != "worker" else {},
             in_process_env={**envs[0], **self.step_extras(run), **(self.step_env or {})},
+            restarts=self.worker_restarts,
             **warm_settings(),
         )
         self._active = runner
@@ -302,7 +375,7 @@ class StepPlacement:
     def pod_settings(self, mlflow: MlflowSettings) -> GangPodSettings:
         """What the step's pods look like, with the MLflow server of ``mlflow`` (no credentials)."""
         from airflow_ml_provider.ml.training.cluster import DEFAULT_PORT
-        from airflow_ml_provider.runners.kubernetes_objects import GangPodSettings
+        from airflow_ml_provider.runners.kubernetes_objects import DEFAULT_GPU_RESOURCE, GangPodSettings
         from airflow_ml_provider.runners.placement import mlflow_pod_env
 
         if not mlflow.is_http:
@@ -330,6 +403,12 @@ class StepPlacement:
             env_from_secrets=[*([self.mlflow_secret] if self.mlflow_secret else []), *extra_secrets],
             active_deadline_seconds=int(deadline) if deadline else None,
             gang=self.runs_as_gang,
+            gpus=self.gpus,
+            gpu_resource=DEFAULT_GPU_RESOURCE if self.gpu_resource is None else self.gpu_resource,
+            affinity=self.affinity,
+            priority_class_name=self.resolved_priority_class_name(),
+            queue_name=self.resolved_queue_name(),
+            worker_restarts=self.worker_restarts,
         )
 
     def job_hook(self) -> TrainingGangHook:
@@ -344,8 +423,13 @@ class StepPlacement:
         return gang_name(ti.dag_id, ti.run_id, ti.task_id, ti.map_index if ti.map_index is not None else -1)
 
     def run_in_pods(self, context: Context, run: TaskRun, spec: dict[str, Any], cache_key: str | None) -> Any:
-        """Start (or reattach to) the step's Job, then defer or wait; the result comes from MLflow."""
-        from airflow_ml_provider.runners.placement import step_job
+        """
+        Start (or reattach to) the step's Job, then defer or wait; the result comes from MLflow.
+
+        With ``durable``, a Job that an earlier try of the task started (its record in the task
+        state store) and that has succeeded since is not run again: its result is read.
+        """
+        from airflow_ml_provider.runners.placement import GangRecord, step_job
 
         name = self.job_name(context)
         settings = self.pod_settings(run.hook.settings)
@@ -353,7 +437,12 @@ class StepPlacement:
         job, service = step_job(name, self.step, spec, settings, mlflow_run=run.run_id, outputs=outputs)
         hook = self.job_hook()
         self._pod_job = (name, settings.namespace)
+        record = GangRecord(context.get("task_state_store") if self.durable else None, log=self.log)
+        done = record.earlier_success(hook, job)
+        if done is not None:
+            return self.pods_finished(run, done, spec)
         hook.start_or_reattach(job, service, log=self.log)  # says which it did
+        record.remember(hook, name, settings.namespace)
         started = time.time()
         if self.deferrable:
             from airflow_ml_provider.triggers.training_gang import TrainingGangTrigger
@@ -367,6 +456,7 @@ class StepPlacement:
                     started_at=started,
                     start_timeout=self.start_timeout,
                     poll_interval=self.poll_interval,
+                    admission_timeout=self.admission_timeout,
                 ),
                 method_name="execute_complete",
                 kwargs={"spec": spec, "cache_key": cache_key, "state": self.resume_state()},
@@ -378,6 +468,7 @@ class StepPlacement:
             started_at=started,
             start_timeout=self.start_timeout,
             poll_interval=self.poll_interval,
+            admission_timeout=self.admission_timeout,
             log=self.log,
         )
         return self.pods_finished(run, event, spec)
@@ -392,6 +483,7 @@ class StepPlacement:
             what=what,
             gang=self.runs_as_gang,
             start_timeout=self.start_timeout,
+            admission_timeout=self.admission_timeout,
             report=run.url,
             log=self.log,
         )

@@ -51,7 +51,8 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         validation and evaluation). ``default_args={"cache": False}`` turns it off for a DAG.
 
     The placement arguments (``placement``, ``workers``, ``python``, ``step_env``, ``step_timeout``,
-    ``image``, ``namespace`` and the other pod settings) are described on
+    ``image``, ``namespace``, ``gpus``, ``queue_name``, ``worker_restarts``, ``durable`` and the other
+    pod settings) are described on
     :class:`~airflow_ml_provider.operators._placement.StepPlacement`.
     """
 
@@ -97,6 +98,14 @@ class MLStepOperator(StepPlacement, StepCacheMixin, MLflowTrackedOperator):
         start_timeout: float = 600.0,
         poll_interval: float = 10.0,
         deferrable: bool | None = None,
+        gpus: int = 0,
+        gpu_resource: str | None = None,
+        affinity: dict[str, Any] | None = None,
+        priority_class_name: str | None = None,
+        queue_name: str | None = None,
+        admission_timeout: float | None = None,
+        worker_restarts: int = 3,
+        durable: bool = True,
         **kwargs: Any,
     ) -> None:
         placement_settings = {k: v for k, v in locals().items() if k in PLACEMENT_ARGUMENTS}

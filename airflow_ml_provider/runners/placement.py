@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:  # imported where used: this module is loaded when a DAG file is parsed
     from airflow_ml_provider.runners import StepRunner
@@ -72,6 +72,7 @@ def local_runner(
     in_process_env: dict[str, str],
     warm: bool = False,
     warm_idle_seconds: float = 600.0,
+    restarts: int = 0,
 ) -> StepRunner:
     """
     The runner of a local placement: this process, another interpreter, or a gang of processes.
@@ -82,6 +83,8 @@ def local_runner(
         process (set while it runs); never credentials.
     :param warm: start the processes as children of the interpreter's warm step server.
     :param warm_idle_seconds: a warm server started now exits after this long without a step.
+    :param restarts: how many times a gang may restart after a transient failure (a worker killed,
+        or one that lost its peer); a single process is never restarted.
     """
     from airflow_ml_provider.runners import GangRunner, InProcessRunner, PythonRunner
 
@@ -95,6 +98,7 @@ def local_runner(
             env=env,
             warm=warm,
             warm_idle_seconds=warm_idle_seconds,
+            restarts=restarts,
         )
     return PythonRunner(
         python=python, timeout=timeout, env=env, warm=warm, warm_idle_seconds=warm_idle_seconds
@@ -137,10 +141,100 @@ def step_job(
     return job, headless_service(name, settings) if settings.gang else None
 
 
+class JobLookup(Protocol):
+    """What :class:`GangRecord` asks of the Kubernetes hook (``TrainingGangHook``; runners sit below hooks)."""
+
+    def job_ref(self, name: str, namespace: str) -> dict[str, Any] | None: ...
+
+    def earlier_outcome(self, ref: dict[str, Any]) -> str: ...
+
+    def pod_template_annotation(self, name: str, namespace: str, key: str) -> str | None: ...
+
+
+class GangRecord:
+    """
+    The task state store's record of the Job a try of the task started (Airflow 3.3+), with the
+    semantics of Airflow's ``ResumableJobMixin``: a later try of the task that finds the Job
+    succeeded reads its result instead of running it again (a worker lost after the Job finished).
+
+    The record only ever helps: without a store (Airflow before 3.3, or ``durable=False``) or when
+    the store fails, the task goes on as before (a live Job is reattached by name; a finished one
+    is replaced), after one WARNING.
+
+    :param store: the context's ``task_state_store``, or None.
+    :param log: the operator's logger.
+    """
+
+    #: the store's key; renaming it strands the records of running tasks
+    key = "training_gang"
+
+    def __init__(self, store: Any, *, log: Any) -> None:
+        self.store, self.log = store, log
+        if store is None:
+            log.debug(
+                "No task state store (Airflow before 3.3, or durable=False): a retry of this task "
+                "finds its Job by name only."
+            )
+
+    def _lost(self, what: str, err: Exception) -> None:
+        self.log.warning(
+            "Task state store: could not %s (%s: %s); going on without it.", what, type(err).__name__, err
+        )
+        self.store = None
+
+    def earlier_success(self, hook: JobLookup, job: dict[str, Any]) -> dict[str, Any] | None:
+        """
+        The success event of the Job an earlier try recorded, when it is ``job``'s (same name,
+        namespace and spec) and has succeeded; None otherwise.
+        """
+        if self.store is None:
+            return None
+        from airflow_ml_provider.runners.kubernetes_objects import SPEC_ANNOTATION
+
+        name, namespace = job["metadata"]["name"], job["metadata"]["namespace"]
+        try:
+            ref = self.store.get(self.key)
+            if not isinstance(ref, dict) or (ref.get("name"), ref.get("namespace")) != (name, namespace):
+                return None
+            if hook.earlier_outcome(ref) != "succeeded":
+                return None
+            spec = job["spec"]["template"]["metadata"]["annotations"][SPEC_ANNOTATION]
+            if hook.pod_template_annotation(name, namespace, SPEC_ANNOTATION) != spec:
+                self.log.info(
+                    "The Job %s of an earlier try succeeded with another spec: running this one.", name
+                )
+                return None
+        except Exception as err:
+            self._lost("read the earlier try's Job", err)
+            return None
+        self.log.info(
+            "Job %s in %s (uid %s), started by an earlier try of this task, has already succeeded "
+            "(the worker was lost after it finished): reading its result instead of running it again.",
+            name,
+            namespace,
+            ref.get("uid"),
+        )
+        message = "succeeded in an earlier try of the task"
+        return {"status": "success", "name": name, "namespace": namespace, "message": message}
+
+    def remember(self, hook: JobLookup, name: str, namespace: str) -> None:
+        """Record the task's Job (name, namespace, uid) for a later try."""
+        if self.store is None:
+            return
+        try:
+            ref = hook.job_ref(name, namespace)
+            if ref is not None:
+                self.store.set(self.key, ref)
+        except Exception as err:
+            self._lost("record the Job", err)
+
+
 __all__ = [
     "LAUNCHER_NAMES",
     "PLACEMENTS",
     "RUNNER_NAMES",
+    "GangRecord",
+    "JobLookup",
     "check_placement",
     "local_runner",
     "mlflow_pod_env",

@@ -2,9 +2,9 @@
 Plays a Job's pods as real local processes, for a :class:`FakeKubernetes` API server.
 
 When an operator's Job appears, the player checks what the operator sent: the Job, and the
-headless Service when it posted one (a gang), against the OpenAPI schema of Kubernetes
-:data:`KUBERNETES_VERSION` (``kubernetes-validate``, strict: no unknown field, every type right)
-and against the client's API models (the manifest must round-trip through ``V1Job`` unchanged).
+headless Service when it posted one (a gang), against the OpenAPI schema of every Kubernetes
+release in :data:`KUBERNETES_VERSIONS` (``kubernetes-validate``, strict: no unknown field, every
+type right) and against the client's API models (the manifest must round-trip through ``V1Job`` unchanged).
 A Job without a Service (a single step's pod) must not ask for one: no ``subdomain``, no ports.
 Then it starts one process per completion index with the container's command and environment
 exactly as the manifest has them, plus what Kubernetes adds (``JOB_COMPLETION_INDEX``).
@@ -35,8 +35,10 @@ from support.fake_kubernetes import FakeKubernetes
 from support.step_env import step_python
 
 LOG_LINES = 50
-# The Kubernetes release whose OpenAPI schema the manifests must satisfy (one kubernetes-validate ships).
-KUBERNETES_VERSION = "1.37.0"
+# The Kubernetes releases whose OpenAPI schemas the manifests must satisfy: the oldest supported
+# (the Job's per-index retries, replacement and failure policies are beta and on by default from
+# 1.29) and the newest kubernetes-validate ships.
+KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
 POD_RESULT_FILE = "/tmp/result.json"
 
 
@@ -51,7 +53,7 @@ def check_against_api_models(manifest: dict[str, Any], kind: str = "V1Job") -> N
     assert again == manifest, f"{kind} lost or changed fields:\n{json.dumps(manifest, indent=1)[:3000]}"
 
 
-def check_against_openapi_schema(manifest: dict[str, Any], version: str = KUBERNETES_VERSION) -> None:
+def check_against_openapi_schema(manifest: dict[str, Any], version: str = KUBERNETES_VERSIONS[-1]) -> None:
     """The manifest satisfies the strict OpenAPI schema of its kind in Kubernetes ``version``."""
     import kubernetes_validate
 
@@ -67,8 +69,9 @@ def check_against_openapi_schema(manifest: dict[str, Any], version: str = KUBERN
 
 
 def check_manifest(manifest: dict[str, Any], kind: str) -> None:
-    """Both checks: the OpenAPI schema of :data:`KUBERNETES_VERSION`, and the client models' round trip."""
-    check_against_openapi_schema(manifest)
+    """Both checks: the OpenAPI schema of each of :data:`KUBERNETES_VERSIONS`, and the client models' round trip."""
+    for version in KUBERNETES_VERSIONS:
+        check_against_openapi_schema(manifest, version)
     check_against_api_models(manifest, kind)
 
 

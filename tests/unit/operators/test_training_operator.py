@@ -79,6 +79,7 @@ def test_pod_settings_carry_no_credentials_only_the_secret_reference():
 
 def test_kubernetes_example_parses_and_builds_valid_manifests():
     from airflow.dag_processing.dagbag import DagBag
+    from support.pod_player import KUBERNETES_VERSIONS, check_against_openapi_schema
     from kubernetes.client import ApiClient, V1Job, V1Service
 
     from airflow_ml_provider.runners.kubernetes_objects import gang_name, headless_service, indexed_job
@@ -96,7 +97,8 @@ def test_kubernetes_example_parses_and_builds_valid_manifests():
         client._ApiClient__deserialize(indexed_job(name, "train_model", spec, settings), V1Job)
     )
     assert job["spec"]["completions"] == job["spec"]["parallelism"] == 4
-    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["backoffLimit"] == 0
+    assert job["spec"]["completionMode"] == "Indexed" and job["spec"]["backoffLimitPerIndex"] == 3
+    assert "backoffLimit" not in job["spec"] and job["spec"]["podReplacementPolicy"] == "Failed"
     pod = job["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "ml-training" and pod["nodeSelector"] == {"pool": "training"}
     container = pod["containers"][0]
@@ -105,3 +107,11 @@ def test_kubernetes_example_parses_and_builds_valid_manifests():
     assert container["securityContext"]["runAsNonRoot"] is True
     service = client._ApiClient__deserialize(headless_service(name, settings), V1Service)
     assert service.spec.cluster_ip == "None" and service.metadata.namespace == "ml-training"
+    # Kueue, the failure policy and the priority class, valid in every supported Kubernetes
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert pod["priorityClassName"] == "ml-training"
+    assert [r["action"] for r in job["spec"]["podFailurePolicy"]["rules"]] == ["Ignore", "FailJob"]
+    assert task.checkpoint_every == "epoch" and task.admission_timeout == 4 * 3600
+    for version in KUBERNETES_VERSIONS:
+        check_against_openapi_schema(indexed_job(name, "train_model", spec, settings), version)
