@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 
 class TrainingGangTrigger(BaseTrigger):
     """
-    Poll a training gang's Job and pods until it succeeds, fails or does not start in time.
+    Poll a training gang's Job and pods until it succeeds, fails, or is not admitted or started in time.
 
     Each poll is :meth:`TrainingGangHook.status`, run in a worker thread, judged by
     :class:`~airflow_ml_provider.hooks.kubernetes.GangWatch`, the policy the operator's synchronous
@@ -38,9 +38,14 @@ class TrainingGangTrigger(BaseTrigger):
     - ``success``: the Job completed;
     - ``failed``: a worker failed or the Job failed (the message names the pod, its completion
       index, exit code and reason), or the Job was deleted outside Airflow;
-    - ``start_timeout``: ``start_timeout`` seconds after ``started_at`` not every worker is
-      running yet; the message says which pods wait and why (Unschedulable, ImagePullBackOff ...).
-      A gang only trains when all its workers run, so a partial gang is no progress;
+    - ``start_timeout``: ``start_timeout`` seconds after the Job started (its ``status.startTime``,
+      reset when Kueue admits it; else ``started_at``) not every worker is running yet; the
+      message says which pods wait and why (Unschedulable, ImagePullBackOff ...). A gang only
+      trains when all its workers run, so a partial gang is no progress. A gang that is restarting
+      a worker (per-index retries) or queued is not pending;
+    - ``admission_timeout``: the Job has been suspended, waiting for Kueue to admit it, for
+      ``admission_timeout`` seconds (from its suspension: again after a preemption); the message
+      names the LocalQueue and Kueue's reason;
     - ``error``: the Kubernetes API refused the connection's identity (403, at once), or API
       errors went on without a single successful poll for ``error_timeout`` seconds.
 
@@ -54,11 +59,13 @@ class TrainingGangTrigger(BaseTrigger):
     :param workers: the gang size.
     :param kubernetes_conn_id: the Kubernetes connection (cncf provider).
     :param started_at: when the gang was launched, Unix seconds; None for when ``run()`` starts.
-    :param start_timeout: seconds after ``started_at`` by which every worker must run; None waits
+    :param start_timeout: seconds after the Job's start by which every worker must run; None waits
         for ever.
     :param poll_interval: seconds between polls.
     :param error_timeout: seconds of uninterrupted API errors before an ``error`` event; None for
         the default.
+    :param admission_timeout: seconds a suspended Job (a Kueue LocalQueue's) may wait for
+        admission; None waits for ever.
     """
 
     def __init__(
@@ -71,6 +78,7 @@ class TrainingGangTrigger(BaseTrigger):
         start_timeout: float | None = 600.0,
         poll_interval: float = 10.0,
         error_timeout: float | None = None,
+        admission_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.name = name
@@ -81,6 +89,7 @@ class TrainingGangTrigger(BaseTrigger):
         self.start_timeout = start_timeout
         self.poll_interval = poll_interval
         self.error_timeout = error_timeout
+        self.admission_timeout = admission_timeout
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -94,6 +103,7 @@ class TrainingGangTrigger(BaseTrigger):
                 "start_timeout": self.start_timeout,
                 "poll_interval": self.poll_interval,
                 "error_timeout": self.error_timeout,
+                "admission_timeout": self.admission_timeout,
             },
         )
 
@@ -114,12 +124,13 @@ class TrainingGangTrigger(BaseTrigger):
             start_timeout=self.start_timeout,
             poll_interval=self.poll_interval,
             error_timeout=self.error_timeout,
+            admission_timeout=self.admission_timeout,
             kubernetes_conn_id=self.kubernetes_conn_id,
             log=log,
         )
         while True:
             try:
-                gang = await poll(self.name, self.namespace, self.workers)
+                gang = await poll(self.name, self.namespace, self.workers, log=log)
             except Exception as err:
                 event = watch.failed(err)
             else:

@@ -1,17 +1,24 @@
 """
-A fake Kubernetes API server, just enough of it for the training gang's Job, Service and pods.
+A fake Kubernetes API server, just enough of it for the training gang's Job, Service and pods, and
+Kueue's Workloads.
 
 The real ``kubernetes`` client, through the real cncf ``KubernetesHook``, talks HTTP to it: the
 connection's ``kube_config`` extra points at ``http://127.0.0.1:<port>``. What the server does on
-its own is what the API server and the Job controller would do at once: creating an Indexed Job
-creates its ``completions`` pods (phase Pending), deleting it with propagation Background or
-Foreground deletes them (the batch/v1 default, with no policy, orphans them, as in Kubernetes),
-at once or, with ``pod_grace_seconds``, after that long terminating (with a ``deletionTimestamp``).
-Everything after that (pods starting, failing, completing, pending reasons) is driven by the test.
+its own is what the API server and the controllers would do at once (see
+:mod:`support.fake_job_controller`): creating an Indexed Job fills in Kubernetes' defaults and
+creates its ``completions`` pods (phase Pending), or, created suspended, a Suspended condition and
+for a Kueue LocalQueue's Job a Workload; a failed or evicted pod is replaced, counted or not, or
+fails its index or the Job, as the Job's own ``podFailurePolicy`` and ``backoffLimitPerIndex``
+say; deleting a Job with propagation Background or Foreground deletes its pods (the batch/v1
+default, with no policy, orphans them, as in Kubernetes), at once or, with ``pod_grace_seconds``,
+after that long terminating (with a ``deletionTimestamp``). Everything else (pods starting,
+failing, being evicted, completing, pending reasons, Kueue admitting or preempting) is driven by
+the test.
 
-Errors come back as Kubernetes ``Status`` bodies: 404 NotFound, 409 AlreadyExists, 403 Forbidden
-(:meth:`FakeKubernetes.forbid`), 400 for the log of a container that never started, and 500
-InternalError while :meth:`FakeKubernetes.fail_requests` says so.
+Errors come back as Kubernetes ``Status`` bodies: 404 NotFound (Kueue's API too, while
+``kueue_installed`` is False), 409 AlreadyExists, 403 Forbidden (:meth:`FakeKubernetes.forbid`),
+400 for the log of a container that never started, and 500 InternalError while
+:meth:`FakeKubernetes.fail_requests` says so.
 """
 
 from __future__ import annotations
@@ -20,9 +27,7 @@ import contextlib
 import copy
 import json
 import re
-import secrets
 import socket
-import string
 import threading
 import time
 import uuid
@@ -34,13 +39,30 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-INDEX_KEY = "batch.kubernetes.io/job-completion-index"
-JOB_NAME_KEYS = ("batch.kubernetes.io/job-name", "job-name")
-CONTROLLER_UID_KEYS = ("batch.kubernetes.io/controller-uid", "controller-uid")
+from support.fake_job_controller import (
+    CONTROLLER_UID_KEYS,
+    INDEX_KEY,
+    JOB_NAME_KEYS,
+    KUEUE_API_VERSION,
+    QUEUE_LABEL,
+    QUEUE_MESSAGE,
+    JobController,
+    condition,
+    container_status,
+    earlier,
+    index_of,
+    key,
+    now,
+    set_condition,
+    terminated,
+    with_defaults,
+)
+
+__all__ = ["INDEX_KEY", "FakeKubernetes", "Recorded", "fake_kubernetes_connection", "status_body"]
 
 _ROUTE = re.compile(
-    r"^/(?:api/v1|apis/(?P<group>batch)/v1)/namespaces/(?P<ns>[^/]+)/(?P<resource>jobs|services|pods)"
-    r"(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|log))?$"
+    r"^/(?:api/v1|apis/(?P<group>batch)/v1|apis/(?P<kueue>kueue\.x-k8s\.io)/v1beta1)/namespaces/(?P<ns>[^/]+)/"
+    r"(?P<resource>jobs|services|pods|workloads)(?:/(?P<name>[^/]+))?(?:/(?P<sub>status|log))?$"
 )
 _VERBS = {"POST": "create", "DELETE": "delete"}
 # What the container-waiting reasons look like on a real cluster.
@@ -64,14 +86,6 @@ class Recorded:
     path: str
     query: dict[str, list[str]]
     body: Any
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-
-
-def _suffix() -> str:
-    return "".join(secrets.choice(string.ascii_lowercase + string.digits) for _ in range(5))
 
 
 def status_body(
@@ -104,7 +118,7 @@ def _kind(resource: str, group: str | None) -> str:
     return f"{resource}.{group}" if group else resource
 
 
-class FakeKubernetes:
+class FakeKubernetes(JobController):
     """
     The fake API server. Use as a context manager (starts and stops the server thread).
 
@@ -118,12 +132,18 @@ class FakeKubernetes:
         self.services: dict[tuple[str, str], dict[str, Any]] = {}
         self.pods: dict[tuple[str, str], dict[str, Any]] = {}
         self.logs: dict[tuple[str, str], list[str]] = {}
+        self.workloads: dict[tuple[str, str], dict[str, Any]] = {}
+        # What Kueue says of a Workload it cannot admit (QuotaReserved False).
+        self.queue_message = QUEUE_MESSAGE
+        # False: Kueue's API is not installed (its paths answer 404).
+        self.kueue_installed = True
         self.requests: list[Recorded] = []
         self.forbidden: set[tuple[str, str]] = set()
         self._fail_count = 0
         self._fail_until = 0.0
         self._fail_code = 500
-        # Seconds a deleted Job's pods stay (terminating, with a deletionTimestamp) before they go.
+        # Seconds a deleted pod (its Job's deletion, an eviction, a failed or suspended Job's
+        # other pods) stays terminating, with a deletionTimestamp, before it goes.
         self.pod_grace_seconds = 0.0
         self._timers: list[threading.Timer] = []
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler_class())
@@ -168,7 +188,8 @@ class FakeKubernetes:
     # -- test controls --------------------------------------------------------------------------
 
     def forbid(self, verb: str, resource: str) -> None:
-        """Answer ``verb`` (create, get, list, delete) on ``resource`` (jobs, services, pods, pods/log) with 403."""
+        """Answer ``verb`` (create, get, list, delete) on ``resource`` (jobs, services, pods,
+        pods/log, workloads) with 403."""
         with self.lock:
             self.forbidden.add((verb, resource))
 
@@ -188,27 +209,52 @@ class FakeKubernetes:
         return [r for r in out if (m := _ROUTE.match(r.path)) and m["resource"] == resource]
 
     def pod_names(self, job: str, namespace: str) -> list[str]:
-        """The names of ``job``'s pods, by completion index."""
+        """The names of ``job``'s current pods (the newest live one of each index), by completion index."""
         with self.lock:
-            pods = self._job_pods(job, namespace)
-        return [p["metadata"]["name"] for p in sorted(pods, key=_index)]
+            return [p["metadata"]["name"] for p in self._select(job, namespace, None, strict=False)]
+
+    def pod_history(self, job: str, namespace: str, index: int) -> list[str]:
+        """The names of every pod the Job has made for ``index`` and that is still there, oldest first."""
+        with self.lock:
+            return [p["metadata"]["name"] for p in self._owned(job, namespace) if index_of(p) == index]
+
+    def workload(self, job: str, namespace: str) -> dict[str, Any]:
+        """Kueue's Workload of the Job (KeyError without one)."""
+        with self.lock:
+            found = self._workload_of(self.jobs[(namespace, job)])
+            if found is None:
+                raise KeyError(f"no Workload for Job {namespace}/{job}")
+            return copy.deepcopy(found)
+
+    def backdate(self, job: str, namespace: str, seconds: float) -> None:
+        """Make the Job ``seconds`` older: its creation, start and conditions' transitions."""
+        with self.lock:
+            manifest = self.jobs[(namespace, job)]
+            meta, status = manifest["metadata"], manifest["status"]
+            meta["creationTimestamp"] = earlier(meta["creationTimestamp"], seconds)
+            if "startTime" in status:
+                status["startTime"] = earlier(status["startTime"], seconds)
+            for cond in status.get("conditions", []):
+                cond["lastTransitionTime"] = earlier(cond["lastTransitionTime"], seconds)
 
     def start_pods(self, job: str, namespace: str, indices: list[int] | None = None) -> None:
-        """Schedule and start the pods at ``indices`` (all by default): phase Running."""
+        """Schedule and start the current pods at ``indices`` (all by default) that have not ended: phase Running."""
         with self.lock:
             for pod in self._select(job, namespace, indices):
+                if pod["status"].get("phase") in ("Succeeded", "Failed"):
+                    continue
                 pod["status"] = {
                     "phase": "Running",
-                    "startTime": _now(),
+                    "startTime": now(),
                     "conditions": [
                         {"type": "PodScheduled", "status": "True"},
                         {"type": "Ready", "status": "True"},
                     ],
                     "containerStatuses": [
-                        _container_status(pod, {"running": {"startedAt": _now()}}, ready=True)
+                        container_status(pod, {"running": {"startedAt": now()}}, ready=True)
                     ],
                 }
-                self.logs.setdefault(_key(pod), [])
+                self.logs.setdefault(key(pod), [])
             self._update_job(job, namespace)
 
     def set_pending(
@@ -242,7 +288,7 @@ class FakeKubernetes:
                     pod["status"] = {
                         "phase": "Pending",
                         "conditions": [{"type": "PodScheduled", "status": "True"}],
-                        "containerStatuses": [_container_status(pod, {"waiting": waiting})],
+                        "containerStatuses": [container_status(pod, {"waiting": waiting})],
                     }
             self._update_job(job, namespace)
 
@@ -254,176 +300,78 @@ class FakeKubernetes:
         exit_code: int = 1,
         reason: str = "Error",
         log: list[str] | None = None,
-        job_failed: bool = False,
+        job_failed: bool | None = None,
     ) -> str:
         """
-        Fail the pod at ``index``: its container terminated with ``exit_code`` and ``reason``.
-        With ``job_failed`` the Job controller has also marked the Job Failed (BackoffLimitExceeded).
-        Returns the pod's name.
+        Fail the current pod at ``index``: its container terminated with ``exit_code`` and ``reason``.
+
+        Then the Job controller applies the Job's own policy (``job_failed`` None): a FailJob rule
+        fails the Job (its other pods terminated), a counted failure is retried up to
+        ``backoffLimitPerIndex`` (a new pod for the index) or fails the index, and the Job with
+        it under ``maxFailedIndexes``; a Job without a per-index limit fails past its
+        ``backoffLimit``. ``job_failed`` True: the Job fails now whatever its policy (reason
+        BackoffLimitExceeded unless a FailJob rule matched; nothing else happens to its pods);
+        False: the Job controller has not acted yet. Returns the pod's name.
         """
         with self.lock:
-            (pod,) = self._select(job, namespace, [index])
-            pod["status"] = {
-                "phase": "Failed",
-                "startTime": _now(),
-                "conditions": [{"type": "PodScheduled", "status": "True"}],
-                "containerStatuses": [
-                    _container_status(
-                        pod,
-                        {"terminated": {"exitCode": exit_code, "reason": reason, "finishedAt": _now()}},
-                    )
-                ],
-            }
+            pod = self._current_pod(job, namespace, index)
+            pod["status"] = terminated(pod, exit_code, reason)
             if log is not None:
-                self.logs[_key(pod)] = list(log)
+                self.logs[key(pod)] = list(log)
             else:
-                self.logs.setdefault(_key(pod), [])
+                self.logs.setdefault(key(pod), [])
+            manifest = self.jobs.get((namespace, job))
+            if manifest is not None and job_failed is not False:
+                self._pod_failed(manifest, pod, forced=bool(job_failed))
             self._update_job(job, namespace)
-            if job_failed:
-                self._condition(
-                    job,
-                    namespace,
-                    "Failed",
-                    "BackoffLimitExceeded",
-                    "Job has reached the specified backoff limit",
-                )
             return str(pod["metadata"]["name"])
 
     def complete(self, job: str, namespace: str) -> None:
-        """Every pod exits 0 and the Job controller marks the Job Complete."""
+        """Every current pod exits 0 and the Job controller marks the Job Complete."""
         with self.lock:
-            for pod in self._job_pods(job, namespace):
-                pod["status"] = {
-                    "phase": "Succeeded",
-                    "conditions": [{"type": "PodScheduled", "status": "True"}],
-                    "containerStatuses": [
-                        _container_status(pod, {"terminated": {"exitCode": 0, "reason": "Completed"}})
-                    ],
-                }
-                self.logs.setdefault(_key(pod), [])
+            for pod in self._select(job, namespace, None, strict=False):
+                pod["status"] = terminated(pod, 0, "Completed")
+                self.logs.setdefault(key(pod), [])
             self._update_job(job, namespace)
-            self._condition(
-                job,
-                namespace,
-                "SuccessCriteriaMet",
-                "CompletionsReached",
-                "Reached expected number of succeeded pods",
-            )
-            self._condition(
-                job, namespace, "Complete", "CompletionsReached", "Reached expected number of succeeded pods"
-            )
+            manifest = self.jobs[(namespace, job)]
+            message = "Reached expected number of succeeded pods"
+            set_condition(manifest, condition("SuccessCriteriaMet", "CompletionsReached", message))
+            set_condition(manifest, condition("Complete", "CompletionsReached", message))
+            manifest["status"]["completionTime"] = now()
 
     def set_log(self, job: str, namespace: str, index: int, lines: list[str]) -> None:
         with self.lock:
-            (pod,) = self._select(job, namespace, [index])
-            self.logs[_key(pod)] = list(lines)
+            self.logs[key(self._current_pod(job, namespace, index))] = list(lines)
 
     def delete_job_behind_airflows_back(self, job: str, namespace: str) -> None:
         with self.lock:
-            self.jobs.pop((namespace, job), None)
-            for pod in self._job_pods(job, namespace):
-                self.pods.pop(_key(pod), None)
+            pods = self._owned(job, namespace)
+            gone = self.jobs.pop((namespace, job), None)
+            for pod in pods:
+                self.pods.pop(key(pod), None)
+            if gone is not None:
+                self._forget_workloads(gone["metadata"]["uid"])
 
     def put_job(self, manifest: dict[str, Any]) -> None:
         """Create a Job directly (someone else's), without pods."""
         with self.lock:
             job = copy.deepcopy(manifest)
-            job.setdefault("metadata", {}).update(uid=str(uuid.uuid4()), creationTimestamp=_now())
+            job.setdefault("metadata", {}).update(uid=str(uuid.uuid4()), creationTimestamp=now())
             job["status"] = {}
             self.jobs[(job["metadata"]["namespace"], job["metadata"]["name"])] = job
 
     # -- state (called with the lock held) -------------------------------------------------------
 
-    def _job_pods(self, job: str, namespace: str) -> list[dict[str, Any]]:
-        """The live (not terminating) pods of the Job ``job`` (of its current incarnation, if any)."""
-        manifest = self.jobs.get((namespace, job))
-        uid = manifest["metadata"]["uid"] if manifest else None
-        return [
-            p
-            for (ns, _), p in self.pods.items()
-            if ns == namespace
-            and p["metadata"]["labels"].get("job-name") == job
-            and (uid is None or p["metadata"]["labels"].get("controller-uid") == uid)
-            and "deletionTimestamp" not in p["metadata"]
-        ]
-
-    def _remove_pods(self, keys: list[tuple[str, str]]) -> None:
-        with self.lock:
-            for key in keys:
-                self.pods.pop(key, None)
-                self.logs.pop(key, None)
-
-    def _select(self, job: str, namespace: str, indices: list[int] | None) -> list[dict[str, Any]]:
-        pods = sorted(self._job_pods(job, namespace), key=_index)
-        if not pods:
+    def _select(
+        self, job: str, namespace: str, indices: list[int] | None, strict: bool = True
+    ) -> list[dict[str, Any]]:
+        """The current pod (the newest live one) of each of ``indices`` (all by default), by index."""
+        newest: dict[int, dict[str, Any]] = {}
+        for pod in self._owned(job, namespace):  # oldest first
+            newest[index_of(pod)] = pod
+        if not newest and strict:
             raise KeyError(f"no pods of Job {namespace}/{job}")
-        return [p for p in pods if indices is None or _index(p) in indices]
-
-    def _update_job(self, job: str, namespace: str) -> None:
-        manifest = self.jobs.get((namespace, job))
-        if manifest is None:
-            return
-        phases = [p["status"].get("phase") for p in self._job_pods(job, namespace)]
-        status = manifest.setdefault("status", {})
-        status["active"] = sum(1 for ph in phases if ph in ("Pending", "Running"))
-        status["ready"] = phases.count("Running")
-        for field, phase in (("succeeded", "Succeeded"), ("failed", "Failed")):
-            if phases.count(phase):
-                status[field] = phases.count(phase)
-            else:
-                status.pop(field, None)
-
-    def _condition(self, job: str, namespace: str, kind: str, reason: str, message: str) -> None:
-        manifest = self.jobs[(namespace, job)]
-        conditions = manifest["status"].setdefault("conditions", [])
-        conditions.append(
-            {
-                "type": kind,
-                "status": "True",
-                "reason": reason,
-                "message": message,
-                "lastTransitionTime": _now(),
-            }
-        )
-
-    def _create_pods(self, job: dict[str, Any]) -> None:
-        meta, spec = job["metadata"], job["spec"]
-        template = spec["template"]
-        uid = meta["uid"]
-        for index in range(int(spec.get("completions") or 1)):
-            name = f"{meta['name']}-{index}-{_suffix()}"
-            labels = {
-                **template["metadata"].get("labels", {}),
-                **dict.fromkeys(JOB_NAME_KEYS, meta["name"]),
-                **dict.fromkeys(CONTROLLER_UID_KEYS, uid),
-                INDEX_KEY: str(index),
-            }
-            annotations = {**template["metadata"].get("annotations", {}), INDEX_KEY: str(index)}
-            pod_spec = copy.deepcopy(template["spec"])
-            pod_spec["hostname"] = f"{meta['name']}-{index}"
-            self.pods[(meta["namespace"], name)] = {
-                "apiVersion": "v1",
-                "kind": "Pod",
-                "metadata": {
-                    "name": name,
-                    "namespace": meta["namespace"],
-                    "uid": str(uuid.uuid4()),
-                    "labels": labels,
-                    "annotations": annotations,
-                    "creationTimestamp": _now(),
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "batch/v1",
-                            "kind": "Job",
-                            "name": meta["name"],
-                            "uid": uid,
-                            "controller": True,
-                        }
-                    ],
-                },
-                "spec": pod_spec,
-                "status": {"phase": "Pending"},
-            }
+        return [newest[i] for i in sorted(newest) if indices is None or i in indices]
 
     # -- request handling ------------------------------------------------------------------------
 
@@ -439,14 +387,14 @@ class FakeKubernetes:
                     self._fail_code, "InternalError", "etcdserver: request timed out"
                 )
         match = _ROUTE.match(parts.path)
-        if not match:
+        if not match or (match["kueue"] and not self.kueue_installed):
             return 404, status_body(404, "NotFound", "the server could not find the requested resource")
         ns, resource, name, sub, group = (
             match["ns"],
             match["resource"],
             match["name"],
             match["sub"],
-            match["group"],
+            match["group"] or match["kueue"],
         )
         verb = _VERBS.get(method) or ("get" if name else "list")
         checked = f"{resource}/{sub}" if sub == "log" else resource
@@ -477,14 +425,10 @@ class FakeKubernetes:
         query: dict[str, list[str]],
         body: Any,
     ) -> tuple[int, Any]:
-        if resource == "pods":
+        if resource in ("pods", "workloads"):
             if method != "GET":
-                raise ApiError(405, "MethodNotAllowed", f"{method} pods is not implemented by the fake")
-            if sub == "log" and name:
-                return self._log(ns, name, query)
-            if name:
-                return 200, self._get(self.pods, ns, name, "pods", None)
-            return 200, self._list_pods(ns, query)
+                raise ApiError(405, "MethodNotAllowed", f"{method} {resource} is not implemented by the fake")
+            return self._read(ns, resource, name, sub, group, query)
         store = self.jobs if resource == "jobs" else self.services
         if method == "POST" and not name:
             return 201, self._create(store, ns, resource, group, body)
@@ -493,6 +437,25 @@ class FakeKubernetes:
         if method == "DELETE" and name:
             return 200, self._delete(store, ns, name, resource, group, query, body)
         raise ApiError(405, "MethodNotAllowed", f"{method} {resource} is not implemented by the fake")
+
+    def _read(
+        self,
+        ns: str,
+        resource: str,
+        name: str | None,
+        sub: str | None,
+        group: str | None,
+        query: dict[str, list[str]],
+    ) -> tuple[int, Any]:
+        """GET on pods (a pod, its log, a list) or Kueue's Workloads (one, a list)."""
+        if sub == "log" and name:
+            return self._log(ns, name, query)
+        store = self.pods if resource == "pods" else self.workloads
+        if name:
+            return 200, self._get(store, ns, name, resource, group)
+        if resource == "pods":
+            return 200, self._list(store, ns, query, "PodList", "v1")
+        return 200, self._list(store, ns, query, "WorkloadList", KUEUE_API_VERSION)
 
     def _get(
         self,
@@ -530,24 +493,31 @@ class FakeKubernetes:
             )
         obj = copy.deepcopy(body)
         obj["metadata"].update(
-            namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=_now(), resourceVersion="1"
+            namespace=ns, uid=str(uuid.uuid4()), creationTimestamp=now(), resourceVersion="1"
         )
+        store[(ns, name)] = obj
         if resource == "jobs":
-            labels = obj["spec"]["template"]["metadata"].setdefault("labels", {})
-            labels.update(
-                {
-                    **dict.fromkeys(JOB_NAME_KEYS, name),
-                    **dict.fromkeys(CONTROLLER_UID_KEYS, obj["metadata"]["uid"]),
-                }
-            )
-            obj["spec"]["selector"] = {"matchLabels": {CONTROLLER_UID_KEYS[0]: obj["metadata"]["uid"]}}
-            obj["status"] = {}
-            store[(ns, name)] = obj
-            self._create_pods(obj)
-            self._update_job(name, ns)
-        else:
-            store[(ns, name)] = obj
+            self._start_job(with_defaults(obj))
         return copy.deepcopy(obj)
+
+    def _start_job(self, job: dict[str, Any]) -> None:
+        """What the Job controller (and Kueue) do with a new Job: its pods, or for a suspended
+        Job a Suspended condition and, in a LocalQueue, a Workload waiting for quota."""
+        meta = job["metadata"]
+        labels = job["spec"]["template"]["metadata"].setdefault("labels", {})
+        labels.update(
+            {**dict.fromkeys(JOB_NAME_KEYS, meta["name"]), **dict.fromkeys(CONTROLLER_UID_KEYS, meta["uid"])}
+        )
+        job["spec"]["selector"] = {"matchLabels": {CONTROLLER_UID_KEYS[0]: meta["uid"]}}
+        job["status"] = {}
+        if job["spec"]["suspend"]:
+            set_condition(job, condition("Suspended", "JobSuspended", "Job suspended"))
+            if QUEUE_LABEL in (meta.get("labels") or {}):
+                self._queue(job)
+        else:
+            job["status"]["startTime"] = now()
+            self._create_pods(job)
+        self._update_job(meta["name"], meta["namespace"])
 
     def _delete(
         self,
@@ -560,19 +530,13 @@ class FakeKubernetes:
         body: Any,
     ) -> dict[str, Any]:
         obj = self._get(store, ns, name, resource, group)
+        pods = [key(p) for p in self._owned(name, ns)] if resource == "jobs" else []
         del store[(ns, name)]
         policy = _first(query, "propagationPolicy") or (body or {}).get("propagationPolicy")
-        if resource == "jobs" and policy in ("Background", "Foreground"):
-            pods = [_key(p) for p in self._job_pods(name, ns)]
-            if self.pod_grace_seconds:
-                for key in pods:
-                    self.pods[key]["metadata"]["deletionTimestamp"] = _now()
-                timer = threading.Timer(self.pod_grace_seconds, self._remove_pods, [pods])
-                timer.daemon = True
-                timer.start()
-                self._timers.append(timer)
-            else:
-                self._remove_pods(pods)
+        if resource == "jobs":
+            self._forget_workloads(obj["metadata"]["uid"])
+        if policy in ("Background", "Foreground"):
+            self._terminate(pods)
         return {
             "kind": "Status",
             "apiVersion": "v1",
@@ -581,14 +545,21 @@ class FakeKubernetes:
             "details": {"name": name, "group": group or "", "kind": resource, "uid": obj["metadata"]["uid"]},
         }
 
-    def _list_pods(self, ns: str, query: dict[str, list[str]]) -> dict[str, Any]:
+    def _list(
+        self,
+        store: dict[tuple[str, str], dict[str, Any]],
+        ns: str,
+        query: dict[str, list[str]],
+        kind: str,
+        api: str,
+    ) -> dict[str, Any]:
         wanted = _parse_selector((query.get("labelSelector") or [""])[0])
         items = [
-            copy.deepcopy(p)
-            for (pod_ns, _), p in sorted(self.pods.items())
-            if pod_ns == ns and all(p["metadata"]["labels"].get(k) == v for k, v in wanted.items())
+            copy.deepcopy(obj)
+            for (obj_ns, _), obj in sorted(store.items())
+            if obj_ns == ns and all(obj["metadata"]["labels"].get(k) == v for k, v in wanted.items())
         ]
-        return {"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"}, "items": items}
+        return {"kind": kind, "apiVersion": api, "metadata": {"resourceVersion": "1"}, "items": items}
 
     def _log(self, ns: str, name: str, query: dict[str, list[str]]) -> tuple[int, str]:
         pod = self._get(self.pods, ns, name, "pods", None)
@@ -647,27 +618,6 @@ class FakeKubernetes:
 def _first(query: dict[str, list[str]], name: str) -> str | None:
     values = query.get(name)
     return values[0] if values else None
-
-
-def _key(pod: dict[str, Any]) -> tuple[str, str]:
-    return (pod["metadata"]["namespace"], pod["metadata"]["name"])
-
-
-def _index(pod: dict[str, Any]) -> int:
-    return int(pod["metadata"]["labels"][INDEX_KEY])
-
-
-def _container_status(pod: dict[str, Any], state: dict[str, Any], ready: bool = False) -> dict[str, Any]:
-    container = pod["spec"]["containers"][0]
-    return {
-        "name": container["name"],
-        "image": container.get("image", ""),
-        "imageID": "",
-        "ready": ready,
-        "restartCount": 0,
-        "started": "running" in state,
-        "state": state,
-    }
 
 
 def _parse_selector(selector: str) -> dict[str, str]:

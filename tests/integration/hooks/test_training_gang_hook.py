@@ -70,9 +70,11 @@ def test_launch_posts_the_manifests_service_first(kube: FakeKubernetes) -> None:
     posted_service, posted_job = posts[0].body, posts[1].body
     assert posted_job == job and posted_service == service
     spec = posted_job["spec"]
-    assert (spec["completionMode"], spec["completions"], spec["parallelism"], spec["backoffLimit"]) == (
-        "Indexed", 3, 3, 0,
-    )  # fmt: skip
+    assert (spec["completionMode"], spec["completions"], spec["parallelism"]) == ("Indexed", 3, 3)
+    # a gang retries per worker (see tests/integration/hooks/test_gang_restarts_kueue.py)
+    retries = (spec["podReplacementPolicy"], spec["backoffLimitPerIndex"], spec["maxFailedIndexes"])
+    assert retries == ("Failed", 3, 0)
+    assert "backoffLimit" not in spec
     assert spec["ttlSecondsAfterFinished"] == 86400 and spec["activeDeadlineSeconds"] == 3600
     assert posted_service["spec"]["clusterIP"] == "None"
     assert posted_service["spec"]["selector"] == {LABEL_GANG: NAME}
@@ -208,30 +210,40 @@ def test_pods_not_created_yet_point_to_the_jobs_events(kube: FakeKubernetes) -> 
 def test_all_pods_started_is_running(kube: FakeKubernetes) -> None:
     hook = launched(kube)
     kube.start_pods(NAME, NS)
-    assert hook.status(NAME, NS, 3) == GangStatus("running", f"Job {NS}/{NAME}: all 3 pods running.", 3, 3)
+    status = hook.status(NAME, NS, 3)
+    assert status == GangStatus(
+        "running", f"Job {NS}/{NAME}: all 3 pods running.", 3, 3, start_time=status.start_time
+    )
+    assert status.start_time == pytest.approx(time.time(), abs=5)  # the Job's status.startTime
 
 
-def test_a_failed_pod_fails_the_gang_with_index_exit_code_and_reason(kube: FakeKubernetes) -> None:
-    hook = launched(kube)
+def test_a_failed_pod_of_a_job_without_retries_fails_it_with_index_exit_code_and_reason(
+    kube: FakeKubernetes,
+) -> None:
+    settings = GangPodSettings(**{**SETTINGS.__dict__, "gang": False})  # backoffLimit 0
+    hook = TrainingGangHook()
+    hook.launch(indexed_job(NAME, "train_model", {}, settings))
     kube.start_pods(NAME, NS)
     failed = kube.fail_pod(NAME, NS, 1, exit_code=137, reason="OOMKilled")
     status = hook.status(NAME, NS, 3)
     assert status.phase == "failed" and status.failed_pods == (failed,)
-    assert (
-        status.message == f"Job {NS}/{NAME} failed: worker 1 (pod {failed}) exited with code 137 (OOMKilled)."
+    assert status.message == (
+        f"Job {NS}/{NAME} failed: worker 1 (pod {failed}) exited with code 137 (OOMKilled); the Job failed: "
+        "BackoffLimitExceeded: Job has reached the specified backoff limit."
     )
-    assert status.pods_running == 2
+    assert status.pods_running == 0 and kube.pod_names(NAME, NS) == [failed]  # the others were stopped
 
 
-def test_a_failed_job_names_its_condition_too(kube: FakeKubernetes) -> None:
+def test_an_application_error_fails_the_gang_at_once_naming_the_failure_policy(kube: FakeKubernetes) -> None:
     hook = launched(kube)
     kube.start_pods(NAME, NS)
-    failed = kube.fail_pod(NAME, NS, 2, exit_code=1, reason="Error", job_failed=True)
+    failed = kube.fail_pod(NAME, NS, 2, exit_code=1, reason="Error")
     status = hook.status(NAME, NS, 3)
     assert status.phase == "failed"
     assert status.message == (
-        f"Job {NS}/{NAME} failed: worker 2 (pod {failed}) exited with code 1 (Error); the Job failed: "
-        "BackoffLimitExceeded: Job has reached the specified backoff limit."
+        f"Job {NS}/{NAME} failed: worker 2 (pod {failed}) exited with code 1 (Error): an application error: "
+        "the Job's pod failure policy fails it without a retry; the Job failed: PodFailurePolicy: Container "
+        f"worker for pod {NS}/{failed} failed with exit code 1 matching FailJob rule at index 1."
     )
 
 
@@ -277,6 +289,7 @@ def test_log_tail_failed_pods_first_last_lines_verbatim(kube: FakeKubernetes) ->
         2,
         exit_code=1,
         log=["epoch 1", "Traceback (most recent call last):", "ValueError: nan loss"],
+        job_failed=False,  # before the Job controller stops the others
     )
     names = kube.pod_names(NAME, NS)
 
@@ -356,7 +369,7 @@ def test_delete_and_wait_times_out_naming_what_is_left(kube: FakeKubernetes) -> 
 def test_a_relaunched_gang_ignores_the_terminating_pods_of_the_old_job(kube: FakeKubernetes) -> None:
     hook = launched(kube)
     kube.start_pods(NAME, NS)
-    kube.fail_pod(NAME, NS, 0, exit_code=1)
+    kube.fail_pod(NAME, NS, 0, exit_code=1, job_failed=False)
     kube.pod_grace_seconds = 30  # the old pods linger
     hook.delete(NAME, NS)
     assert hook.launch(*manifests()) is False

@@ -71,7 +71,9 @@ def test_the_pod_entrypoint_rejects_a_bad_run_fn_in_one_line_without_importing_t
     """A Kubernetes pod runs the same entrypoint; it checks before TensorFlow, and the Job fails at once."""
     spec = {"run_fn": "no_such_module_4711:run_fn", "train_uri": "s3://lake/x", "strategy": "one_device"}
     job = indexed_job("gang-x", "train_model", spec, GangPodSettings(image="img", namespace="ml", workers=2))
-    assert job["spec"]["backoffLimit"] == 0  # one failed pod fails the Job: the gang stops at once
+    # A bad run_fn exits 2, an application error: the pod failure policy fails the Job at once.
+    fail_job = job["spec"]["podFailurePolicy"]["rules"][1]
+    assert fail_job["action"] == "FailJob" and 2 in fail_job["onExitCodes"]["values"]
     container = job["spec"]["template"]["spec"]["containers"][0]
     spec_file, result_file = tmp_path / "spec.json", tmp_path / "result.json"
     spec_file.write_text(json.dumps(spec))

@@ -36,8 +36,10 @@ def kube(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeKubernetes]:
         yield fake
 
 
-def launch(workers: int = 2) -> None:
-    settings = GangPodSettings(image="registry.example.com/ml/steps:0.1.0", namespace=NS, workers=workers)
+def launch(workers: int = 2, queue: str | None = None) -> None:
+    settings = GangPodSettings(
+        image="registry.example.com/ml/steps:0.1.0", namespace=NS, workers=workers, queue_name=queue
+    )
     TrainingGangHook("k8s_training").launch(
         indexed_job(NAME, "train_model", {}, settings), headless_service(NAME, settings)
     )
@@ -76,8 +78,8 @@ def later(delay: float, action: Callable[[], Any]) -> threading.Timer:
 # -- serialization ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("error_timeout", [None, 120.0])
-def test_serialize_round_trip(error_timeout: float | None) -> None:
+@pytest.mark.parametrize(("error_timeout", "admission_timeout"), [(None, None), (120.0, 3600.0)])
+def test_serialize_round_trip(error_timeout: float | None, admission_timeout: float | None) -> None:
     trig = TrainingGangTrigger(
         name=NAME,
         namespace=NS,
@@ -87,6 +89,7 @@ def test_serialize_round_trip(error_timeout: float | None) -> None:
         start_timeout=900,
         poll_interval=15,
         error_timeout=error_timeout,
+        admission_timeout=admission_timeout,
     )
     classpath, kwargs = trig.serialize()
     assert classpath == "airflow_ml_provider.triggers.training_gang.TrainingGangTrigger"
@@ -99,6 +102,7 @@ def test_serialize_round_trip(error_timeout: float | None) -> None:
         "start_timeout": 900,
         "poll_interval": 15,
         "error_timeout": error_timeout,
+        "admission_timeout": admission_timeout,
     }
     assert json.loads(json.dumps(kwargs)) == kwargs  # the triggerer stores them in the database
     module, _, cls = classpath.rpartition(".")
@@ -137,10 +141,12 @@ async def test_success_after_the_gang_ran(kube: FakeKubernetes, caplog: pytest.L
 async def test_failed_worker_fails_with_its_exit_code(kube: FakeKubernetes) -> None:
     launch()
     kube.start_pods(NAME, NS)
-    failed = kube.fail_pod(NAME, NS, 1, exit_code=3, reason="Error")
+    failed = kube.fail_pod(NAME, NS, 1, exit_code=2, reason="Error")  # EXIT_USAGE: no retry
     event, took = await run_to_event(trigger())
     assert event["status"] == "failed" and took < 2
-    assert event["message"] == f"Job {NS}/{NAME} failed: worker 1 (pod {failed}) exited with code 3 (Error)."
+    assert event["message"].startswith(
+        f"Job {NS}/{NAME} failed: worker 1 (pod {failed}) exited with code 2 (Error): an application error: "
+    )
 
 
 async def test_gang_that_does_not_start_times_out_with_the_reason(kube: FakeKubernetes) -> None:
@@ -161,6 +167,7 @@ async def test_gang_that_does_not_start_times_out_with_the_reason(kube: FakeKube
 async def test_start_timeout_counts_from_the_launch_not_the_trigger(kube: FakeKubernetes) -> None:
     launch()
     kube.set_pending(NAME, NS, "Unschedulable")
+    kube.backdate(NAME, NS, 100)
     # a resumed trigger (triggerer restart) whose deadline passed already fires at its first poll
     event, took = await run_to_event(trigger(started_at=time.time() - 100, start_timeout=60))
     assert event["status"] == "start_timeout" and "Unschedulable: 0/3 nodes are available" in event["message"]
@@ -173,6 +180,35 @@ async def test_running_gang_does_not_time_out(kube: FakeKubernetes) -> None:
     later(0.6, lambda: kube.complete(NAME, NS))
     event, took = await run_to_event(trigger(started_at=time.time(), start_timeout=0.1))
     assert event["status"] == "success" and took >= 0.5
+
+
+async def test_a_restarting_gang_is_followed_to_its_success(
+    kube: FakeKubernetes, caplog: pytest.LogCaptureFixture
+) -> None:
+    launch()
+    kube.start_pods(NAME, NS)
+    later(0.2, lambda: kube.evict(NAME, NS, 1))  # replaced, not counted
+    later(0.5, lambda: kube.start_pods(NAME, NS))
+    later(0.8, lambda: kube.complete(NAME, NS))
+    with caplog.at_level(logging.INFO, logger=LOGGER):
+        event, _ = await run_to_event(trigger(start_timeout=0.1))  # restarting is not pending
+    assert event["status"] == "success"
+    phases = [r.getMessage() for r in caplog.records if r.name == LOGGER]
+    assert (
+        sum(" is restarting: " in m for m in phases) == 1 and sum(" is running: " in m for m in phases) == 2
+    )
+
+
+async def test_a_gang_kueue_does_not_admit_in_time_is_an_admission_timeout(kube: FakeKubernetes) -> None:
+    launch(queue="team-a")
+    event, took = await run_to_event(trigger(start_timeout=0.1, admission_timeout=0.4))
+    assert event["status"] == "admission_timeout" and 0.35 < took < 3
+    assert event["message"] == (
+        "The training gang was not admitted by Kueue within 0.4 s: waiting for Kueue admission in LocalQueue "
+        "team-a: couldn't assign flavors to pod set main: insufficient unused quota for nvidia.com/gpu in "
+        "flavor gpu-a100, 2 more needed."
+    )
+    assert (NS, NAME) in kube.jobs  # deleting it is the operator's (conclude)
 
 
 async def test_job_deleted_outside_airflow_fails(kube: FakeKubernetes) -> None:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from support.fake_kubernetes import FakeKubernetes, fake_kubernetes_connection
 
+from airflow_ml_provider.hooks._gang_status import workload_reason
 from airflow_ml_provider.hooks.kubernetes import (
     MAX_BACKOFF_SECONDS,
     MIN_ERROR_TIMEOUT_SECONDS,
@@ -115,6 +116,136 @@ def test_no_start_timeout_or_a_running_gang_polls_on(phase: str) -> None:
 def test_final_phases_win_over_the_start_deadline(phase: str) -> None:
     result = verdict(phase, now=1e12)
     assert result is not None and result[0] in ("success", "failed")
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("phase", ["queued", "restarting"])
+def test_a_queued_or_restarting_gang_is_not_pending_so_never_a_start_timeout(phase: str) -> None:
+    assert verdict(phase, now=1e12) is None
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("start_time", "now", "expected"),
+    [
+        (None, 1060.0, "start_timeout"),
+        (5000.0, 1060.0, None),
+        (5000.0, 5059.9, None),
+        (5000.0, 5060.0, "start_timeout"),
+    ],
+)
+def test_the_start_timeout_counts_from_the_jobs_start_time_when_kubernetes_set_it(
+    start_time: float | None, now: float, expected: str | None
+) -> None:
+    # Kubernetes resets status.startTime when it resumes a suspended Job (Kueue's admission)
+    status = GangStatus("pending", "x.", 0, 2, start_time=start_time)
+    result = job_verdict(status, name=NAME, namespace=NS, started_at=1000.0, now=now, start_timeout=60.0)
+    assert (result[0] if result else None) == expected
+
+
+def queued(
+    now: float, queued_since: float | None = None, status_since: float | None = 2000.0, **kw: Any
+) -> Any:
+    status = GangStatus(
+        "queued", "waiting for Kueue admission in LocalQueue q.", 0, 2, queued_since=status_since
+    )
+    return job_verdict(
+        status,
+        name=NAME,
+        namespace=NS,
+        started_at=1000.0,
+        now=now,
+        start_timeout=60.0,
+        admission_timeout=kw.get("admission_timeout", 600.0),
+        queued_since=queued_since,
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("now", "queued_since", "status_since", "expected"),
+    [
+        (2599.9, None, 2000.0, None),  # from the Suspended condition's transition (status.queued_since)
+        (2600.0, None, 2000.0, "admission_timeout"),
+        (2600.0, 2500.0, 2000.0, None),  # an explicit queued_since wins
+        (3100.0, 2500.0, 2000.0, "admission_timeout"),
+        (1600.0, None, None, "admission_timeout"),  # neither: from the launch
+    ],
+)
+def test_admission_timeout_boundary_and_where_the_queue_wait_starts(
+    now: float, queued_since: float | None, status_since: float | None, expected: str | None
+) -> None:
+    result = queued(now, queued_since, status_since)
+    assert (result[0] if result else None) == expected
+
+
+@pytest.mark.unit
+def test_admission_timeout_message_and_none_waits_for_ever() -> None:
+    assert queued(1e12) == (
+        "admission_timeout",
+        "The training gang was not admitted by Kueue within 600 s: waiting for Kueue admission in LocalQueue q.",
+    )
+    assert queued(1e12, admission_timeout=None) is None
+
+
+@pytest.mark.unit
+def test_watch_ends_a_queue_wait_that_outlasts_the_admission_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    w = watch(logging.getLogger(WAIT_LOGGER), admission_timeout=30.0)
+    waiting = GangStatus(
+        "queued", "waiting for Kueue admission in LocalQueue q: no quota.", 0, 2, queued_since=100.0
+    )
+    with caplog.at_level(logging.INFO, logger=WAIT_LOGGER):
+        assert w.polled(waiting, now=129.0) is None
+        assert w.polled(waiting, now=130.0) == {
+            "status": "admission_timeout",
+            "name": NAME,
+            "namespace": NS,
+            "message": "The training gang was not admitted by Kueue within 30 s: waiting for Kueue admission in "
+            "LocalQueue q: no quota.",
+        }
+    assert [r.getMessage() for r in caplog.records][0] == (
+        f"Training gang {NS}/{NAME} is queued: waiting for Kueue admission in LocalQueue q: no quota."
+    )
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("conditions", "expected"),
+    [
+        ([], "Kueue has not tried to reserve quota for it yet"),
+        (
+            [
+                {
+                    "type": "QuotaReserved",
+                    "status": "False",
+                    "reason": "Pending",
+                    "message": "couldn't assign it.",
+                }
+            ],
+            "couldn't assign it",
+        ),
+        (
+            [
+                {"type": "QuotaReserved", "status": "False", "reason": "Pending", "message": "no quota"},
+                {
+                    "type": "Evicted",
+                    "status": "True",
+                    "reason": "Preempted",
+                    "message": "Preempted to accommodate x",
+                },
+            ],
+            "no quota; it was evicted before: Preempted: Preempted to accommodate x",
+        ),
+        (
+            [{"type": "QuotaReserved", "status": "True"}, {"type": "Admitted", "status": "True"}],
+            "admitted, the Job is about to be resumed",
+        ),
+    ],
+)
+def test_kueues_reason_from_the_workloads_conditions(conditions: list[dict[str, str]], expected: str) -> None:
+    assert workload_reason({"status": {"conditions": conditions}}) == expected
 
 
 # -- ErrorPatience --------------------------------------------------------------------------------
@@ -302,11 +433,11 @@ def test_wait_failed_worker(kube: FakeKubernetes) -> None:
     hook = TrainingGangHook()
     hook.launch(*manifests())
     kube.start_pods(NAME, NS)
-    failed = kube.fail_pod(NAME, NS, 0, exit_code=137, reason="OOMKilled")
+    failed = kube.fail_pod(NAME, NS, 0, exit_code=2, reason="Error")
     event = wait(hook)
-    assert (event["status"], event["message"]) == (
-        "failed",
-        f"Job {NS}/{NAME} failed: worker 0 (pod {failed}) exited with code 137 (OOMKilled).",
+    assert event["status"] == "failed"
+    assert event["message"].startswith(
+        f"Job {NS}/{NAME} failed: worker 0 (pod {failed}) exited with code 2 (Error): an application error"
     )
 
 
@@ -315,6 +446,7 @@ def test_wait_start_timeout_from_the_launch(kube: FakeKubernetes) -> None:
     hook = TrainingGangHook()
     hook.launch(*manifests())
     kube.set_pending(NAME, NS, "Unschedulable")
+    kube.backdate(NAME, NS, 100)
     slept: list[float] = []
     event = wait(hook, started_at=time.time() - 100, start_timeout=60, sleep=slept.append)
     assert event["status"] == "start_timeout" and slept == []
@@ -395,6 +527,7 @@ def test_wait_and_trigger_send_the_same_event(kube: FakeKubernetes, scenario: st
         kube.delete_job_behind_airflows_back(NAME, NS)
     else:
         kube.set_pending(NAME, NS, "ImagePullBackOff")
+        kube.backdate(NAME, NS, 100)
     started = time.time() - 100
     trigger = training_gang.TrainingGangTrigger(
         NAME, NS, 2, kubernetes_conn_id="kubernetes_default", started_at=started, start_timeout=60
