@@ -46,6 +46,13 @@ STEP_EVALUATE_MODEL = "evaluate_model"
 STEP_INFRA_VALIDATE = "infra_validate"
 STEP_PROMOTE = "promote"
 
+# On a training task's run when it resumed from a checkpoint (ml/training/checkpoint.py): the
+# epoch the latest resume started at, how many resumes there were, and each resume's epoch as a
+# metric (step = the resume's number).
+TAG_RESUMED_FROM_EPOCH = "airflow_ml.training.resumed_from_epoch"
+TAG_RESUMES = "airflow_ml.training.resumes"
+METRIC_RESUMED_FROM_EPOCH = "resumed_from_epoch"
+
 # The step cache (cache.py writes the key, operators/_cache.py a hit's tags, the lineage view
 # reads a hit's source).
 TAG_CACHE_KEY = "airflow_ml.cache_key"
@@ -193,6 +200,8 @@ ARTIFACT_TUNING_SPEC = f"{ARTIFACT_TUNING_DIR}/spec.json"
 ARTIFACT_TRAINING_DIR = "training"
 ARTIFACT_TRAINING_SPEC = f"{ARTIFACT_TRAINING_DIR}/spec.json"
 ARTIFACT_TRAINING_RESULT = f"{ARTIFACT_TRAINING_DIR}/result.json"  # the train step's result
+# A training task's checkpoints when it names no checkpoint_uri (ml/training/checkpoint.py).
+ARTIFACT_CHECKPOINTS = "checkpoints"
 ARTIFACT_EVALUATION_DIR = "evaluation"
 ARTIFACT_EVALUATION_REPORT = f"{ARTIFACT_EVALUATION_DIR}/report.html"
 ARTIFACT_EVALUATION_RECORD = f"{ARTIFACT_EVALUATION_DIR}/record.json"

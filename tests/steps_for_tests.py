@@ -175,3 +175,88 @@ def meet(spec: dict[str, Any]) -> dict[str, Any]:
             raise TimeoutError(f"the partner step never ran beside this one ({spec['partner']})")
         time.sleep(0.05)
     return process_facts(spec)
+
+
+# -- checkpoints and resume (tests/integration/ml/test_checkpoint_resume.py) ---------------------
+
+
+def checkpointed_run_fn(ctx: Any) -> Any:
+    """
+    A small deterministic classifier trained with ``ctx.callbacks()`` (the data in the same order
+    every epoch). ``custom_config``: ``rows``, ``epochs``, ``record_dir`` (each worker appends the
+    epochs it begins to ``worker-<i>.epochs``) and, to kill a worker once, ``kill`` =
+    ``{"worker": i, "epoch": e, "batch": b, "marker": path}``: that worker SIGKILLs itself at
+    batch ``b`` of epoch ``e`` unless the marker exists (it writes it first).
+    """
+    import logging
+    import signal
+
+    import numpy as np
+    import tensorflow as tf
+
+    config = ctx.custom_config
+    rows, epochs = int(config.get("rows", 2048)), int(config.get("epochs", 6))
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, 8)).astype("float32")
+    y = ((x @ rng.normal(size=8) + 0.7 * rng.normal(size=rows)) > 0).astype("float32")
+    cut = int(rows * 0.8)
+    options = tf.data.Options()
+    options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+
+    def batches(a: Any, b: Any) -> Any:
+        return tf.data.Dataset.from_tensor_slices((a, b)).batch(64).with_options(options)
+
+    keras = ctx.keras
+    with ctx.strategy.scope():
+        model = keras.Sequential(
+            [
+                keras.Input(shape=(8,)),
+                keras.layers.Dense(16, activation="relu"),
+                keras.layers.Dense(1, activation="sigmoid"),
+            ]
+        )
+        model.compile(optimizer=keras.optimizers.Adam(0.01), loss="binary_crossentropy", metrics=["accuracy"])
+    index, kill = ctx.role.index, config.get("kill") or {}
+    record = Path(config["record_dir"], f"worker-{index}.epochs") if config.get("record_dir") else None
+
+    class Record(keras.callbacks.Callback):  # type: ignore[misc]
+        epoch = -1
+
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.epoch = epoch
+            logging.getLogger("checkpointed_run_fn").info("worker %d begins epoch %d", index, epoch)
+            if record is not None:
+                with record.open("a") as out:
+                    out.write(f"{epoch}\n")
+
+        def on_train_batch_begin(self, batch: int, logs: Any = None) -> None:
+            if kill.get("worker") != index or (self.epoch, batch) != (kill["epoch"], kill["batch"]):
+                return
+            marker = Path(kill["marker"])
+            if not marker.exists():
+                marker.write_text(str(os.getpid()))
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    model.fit(
+        batches(x[:cut], y[:cut]),
+        validation_data=batches(x[cut:], y[cut:]),
+        epochs=epochs,
+        callbacks=[*ctx.callbacks(), Record()],
+        verbose=0,
+    )
+    return model
+
+
+def lose_a_peer(spec: dict[str, Any]) -> dict[str, Any]:
+    """Fail as a gang's worker does when its peer is gone: TensorFlow's ``UnavailableError`` (by name)."""
+    error = type(
+        "UnavailableError", (RuntimeError,), {"__module__": "tensorflow.python.framework.errors_impl"}
+    )
+    try:
+        raise error(
+            "Graph execution error:\n\nDetected at node 'CollectiveReduceV2' defined at (most recent call "
+            'last):\n  File "train.py", line 3\nCollective ops is aborted by: Task '
+            "/job:worker/replica:0/task:1 heartbeat timeout.\n\t [[{{node CollectiveReduceV2}}]]"
+        )
+    except RuntimeError as err:
+        raise ValueError("fit() failed") from err

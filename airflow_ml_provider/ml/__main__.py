@@ -1,8 +1,10 @@
 """Run one step: ``python -m airflow_ml_provider.ml <step> --spec FILE --result FILE``.
 
-Exit codes: 0 the result was written; 1 the step failed (traceback logged, no result file);
-2 bad arguments (missing or invalid spec file, unknown step, user code that does not resolve),
-reported on one line. Logs go to stderr, so that the parent (``PythonRunner``) can stream them.
+Exit codes (:mod:`airflow_ml_provider.ml.exit_codes`): 0 the result was written; 1 the step failed
+(traceback logged, no result file); 2 bad arguments (missing or invalid spec file, unknown step,
+user code that does not resolve), reported on one line; 75 a worker of a gang lost a peer
+(TensorFlow's collective errors, or :class:`~airflow_ml_provider.ml.exit_codes.GangRestart`),
+reported on one line: the launcher restarts the gang, which resumes from its last checkpoint. Logs go to stderr, so that the parent (``PythonRunner``) can stream them.
 ``--list`` prints the built-in step names. ``--check`` only checks, cheaply (no TensorFlow import),
 that the step and the user code its spec names (a ``run_fn``, an objective) resolve here: the
 launchers run it once before they start any worker.
@@ -31,7 +33,14 @@ from typing import Any
 
 from airflow_ml_provider import __version__
 from airflow_ml_provider.exceptions import StepEnvironmentError
-from airflow_ml_provider.ml.exit_codes import EXIT_FAILED, EXIT_OK, EXIT_USAGE
+from airflow_ml_provider.ml.exit_codes import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_RETRY,
+    EXIT_USAGE,
+    GangRestart,
+    lost_peer,
+)
 
 # Where --mlflow-run records the step's result in the run's artifacts (the name the launchers import).
 from airflow_ml_provider.vocabulary import ARTIFACT_STEP_RESULT as STEP_RESULT_ARTIFACT
@@ -358,12 +367,48 @@ def main(argv: list[str] | None = None) -> int:
             _remove(args.result)
         return EXIT_FAILED
     except Exception as err:
-        # One traceback: the step's own error (StepFailed only wraps it for in-process callers).
-        original = getattr(err, "original", None)
-        log.error("Step %s failed", args.step, exc_info=original if original is not None else err)
         if args.result is not None:
             _remove(args.result)
-        return EXIT_FAILED
+        return _step_failed(args.step, err)
+
+
+def _step_failed(step: str, err: Exception) -> int:
+    """
+    Report a step's failure and return its exit code: :data:`EXIT_RETRY` (one line) when the gang
+    lost a peer, else :data:`EXIT_FAILED` (the traceback).
+
+    :param step: the step.
+    :param err: what it raised.
+    """
+    peer = lost_peer(err)
+    if peer is not None:  # transient: one line, and the launcher restarts the gang
+        sys.stderr.write(f"error: {_restart_line(step, peer)}\n")
+        return EXIT_RETRY
+    # One traceback: the step's own error (StepFailed only wraps it for in-process callers).
+    original = getattr(err, "original", None)
+    log.error("Step %s failed", step, exc_info=original if original is not None else err)
+    return EXIT_FAILED
+
+
+# Words of the line that says why a collective op failed, in TensorFlow's many-line messages
+# ("Graph execution error:", the node's Python stack, then "Collective ops is aborted by: ...").
+_REASON_WORDS = ("aborted", "timeout", "unavailable", "cancelled", "deadline", "preempted")
+
+
+def _restart_line(step: str, error: BaseException) -> str:
+    """
+    The one line of a worker that exits :data:`EXIT_RETRY`.
+
+    :param step: the step.
+    :param error: what :func:`~airflow_ml_provider.ml.exit_codes.lost_peer` found.
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reasons = [line for line in lines if any(word in line.lower() for word in _REASON_WORDS)]
+    said = (reasons or lines or [""])[0][:300]
+    what = f"{type(error).__name__}: {said}" if said else type(error).__name__
+    if isinstance(error, GangRestart):
+        return f"step {step} asked for a gang restart ({what}); the gang restarts from its last checkpoint"
+    return f"step {step} lost a peer of the gang: {what}; the gang restarts from its last checkpoint"
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -48,6 +49,17 @@ class DistributedTrainingOperator(MLStepOperator):
       does not fully start within ``start_timeout`` is deleted and the task fails.
     - ``placement="worker"``: one worker, in the Airflow worker's own process.
 
+    Checkpoints (``checkpoint_every``): the backup callback of ``ctx.callbacks()`` saves the
+    training state every epoch or every N steps, and the chief uploads each save as a complete unit
+    to ``checkpoint_uri`` (one directory per task instance under it:
+    ``<uri>/<dag_id>/<run_id>/<task_id>[/<map_index>]``), or to the task's MLflow run
+    (``checkpoints/``) without one. A gang restarted after a worker died (locally up to
+    ``worker_restarts`` times), a retry of the task or a reattached one resumes from the last
+    complete checkpoint instead of epoch 0; the MLflow run is tagged
+    ``airflow_ml.training.resumed_from_epoch`` and XCom's ``resumed_from`` says where. Once the
+    model is logged the checkpoints are marked finished, so that a cleared and rerun task trains
+    from scratch.
+
     :param run_fn: ``"package.module:function"`` (templated); importable in the workers.
     :param train_uri: the training data, a dataset version directory or file (templated).
     :param eval_uri: the evaluation data (templated).
@@ -62,6 +74,12 @@ class DistributedTrainingOperator(MLStepOperator):
         ``run_fn`` applies it with ``ctx.load_warm_start(model)``.
     :param model_dir: a local directory for the chief's SavedModel, kept after the task (templated).
     :param seed: random seed set in every worker.
+    :param checkpoint_every: ``"epoch"``, an int N (every N training steps), or None (default: no
+        checkpoints).
+    :param checkpoint_uri: a directory every worker can read and write: a path on a shared
+        filesystem, or an fsspec URI (``s3://bucket/checkpoints``) (templated). Default
+        ``[ml_provider] checkpoint_uri``; unset: the task's MLflow run. Pods need the URI's
+        credentials (``step_env`` or a Secret) and its fsspec package in the image.
     :param training_timeout: deprecated name of ``step_timeout``.
     :param cache: reuse the model of an earlier run with the same data, spec, workers and
         ``run_fn`` source file (see the "Step cache" page); off by default.
@@ -83,6 +101,7 @@ class DistributedTrainingOperator(MLStepOperator):
         "custom_config",
         "warm_start_from",
         "model_dir",
+        "checkpoint_uri",
         *POD_PLACEMENT_TEMPLATE_FIELDS,
         *MLflowTrackedOperator.template_fields,
     )
@@ -92,7 +111,7 @@ class DistributedTrainingOperator(MLStepOperator):
     spec_artifact = ARTIFACT_TRAINING_SPEC
     dataset_inputs = ("train_uri", "eval_uri")
     cache_inputs = ("train_uri", "eval_uri", "schema_uri", "warm_start_from")
-    cache_volatile = (*StepCacheMixin.cache_volatile, "dataset_version", "model_dir")
+    cache_volatile = (*StepCacheMixin.cache_volatile, "dataset_version", "model_dir", "checkpoint")
     cache_artifacts = (ARTIFACT_TRAINING_DIR,)
     template_fields_renderers = {"hyperparameters": "json", "custom_config": "json"}
     ui_color = "#f6e3c9"
@@ -111,6 +130,8 @@ class DistributedTrainingOperator(MLStepOperator):
         warm_start_from: str | None = None,
         model_dir: str | None = None,
         seed: int | None = None,
+        checkpoint_every: str | int | None = None,
+        checkpoint_uri: str | None = None,
         training_timeout: float | None = None,
         **kwargs: Any,
     ) -> None:
@@ -131,6 +152,8 @@ class DistributedTrainingOperator(MLStepOperator):
         self.warm_start_from = warm_start_from
         self.model_dir = model_dir
         self.seed = seed
+        self.checkpoint_every = checkpoint_every
+        self.checkpoint_uri = checkpoint_uri
 
     @property
     def training_timeout(self) -> float | None:
@@ -168,6 +191,59 @@ class DistributedTrainingOperator(MLStepOperator):
                     f"{where}: {name} must be a dict (use render_template_as_native_obj=True when it comes "
                     f"from XCom), got {type(value).__name__}: {str(value)[:100]!r}."
                 )
+        self._check_checkpoint_arguments(where)
+
+    def _check_checkpoint_arguments(self, where: str) -> None:
+        every, uri = self.checkpoint_every, self.checkpoint_uri
+        if (
+            every is not None
+            and every != "epoch"
+            and (isinstance(every, bool) or not isinstance(every, int) or every < 1)
+        ):
+            raise ValueError(
+                f"{where}: checkpoint_every must be 'epoch', an int > 0 (training steps) or None, got {every!r}."
+            )
+        if uri is not None and (not isinstance(uri, str) or not uri.strip()):
+            raise ValueError(
+                f"{where}: checkpoint_uri must be a directory the workers share (a path or an fsspec URI) "
+                f"or None for the task's MLflow run, got {uri!r}."
+            )
+        if uri is not None and every is None:
+            raise ValueError(
+                f"{where}: checkpoint_uri={uri!r} is set but checkpoint_every is None; give "
+                "checkpoint_every='epoch' (or every N steps) to take checkpoints."
+            )
+        base = self._checkpoint_base()
+        if every is not None and base and "://" not in base and self.placement_name == "pod":
+            said = f"checkpoint_uri={base!r}" if uri else f"[ml_provider] checkpoint_uri = {base}"
+            raise ValueError(
+                f"{where}: {said} is a local path, which pods do not share; give a URI every pod "
+                "reaches (s3://..., gs://...), or none for the task's MLflow run."
+            )
+
+    def _checkpoint_base(self) -> str | None:
+        from airflow_ml_provider.operators._placement import config_default
+
+        base = self.checkpoint_uri or config_default("checkpoint_uri")
+        return str(base) if base else None
+
+    def checkpoint_location(self, context: Context) -> str | None:
+        """
+        Where this task instance's checkpoints go: ``<base>/<dag_id>/<run_id>/<task_id>[/<map_index>]``
+        under ``checkpoint_uri`` (or ``[ml_provider] checkpoint_uri``), or None for the MLflow run.
+
+        The same for every try of the task instance, so that a retry finds them; characters other
+        than letters, digits, ``.``, ``_``, ``-`` become ``_``.
+        """
+        base = self._checkpoint_base()
+        if not base:
+            return None
+        ti = context["ti"]
+        parts = [ti.dag_id, ti.run_id, ti.task_id]
+        map_index = getattr(ti, "map_index", None)
+        if map_index is not None and map_index >= 0:
+            parts.append(str(map_index))
+        return "/".join([base.rstrip("/"), *(_safe_part(str(p)) for p in parts)])
 
     def build_spec(self, context: Context, run: TaskRun) -> dict[str, Any]:
         """The ``train_model`` spec every worker gets."""
@@ -188,6 +264,8 @@ class DistributedTrainingOperator(MLStepOperator):
             "seed": self.seed,
             "mlflow": {"run_id": run.run_id, "experiment_id": run.experiment_id},
         }
+        if self.checkpoint_every is not None:
+            spec["checkpoint"] = {"every": self.checkpoint_every, "uri": self.checkpoint_location(context)}
         return {k: v for k, v in spec.items() if v is not None}
 
     def start_params(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +322,10 @@ class DistributedTrainingOperator(MLStepOperator):
             "train_seconds": result.get("train_seconds"),
             "saved_model_dir": result.get("saved_model_dir"),
             "warm_started_from": result.get("warm_started_from"),
+            "resumed_from": result.get("resumed_from"),
         }
+        if summary["resumed_from"]:
+            self.log.info("Training resumed from its checkpoint at %s", summary["resumed_from"])
         self.log.info(
             "Trained %s on %s worker(s): %s",
             summary["model_uri"],
@@ -266,3 +347,9 @@ class DistributedTrainingOperator(MLStepOperator):
         from airflow_ml_provider.operators._placement import download_json
 
         return download_json(run, ARTIFACT_TRAINING_RESULT)
+
+
+def _safe_part(text: str) -> str:
+    """One path segment of a checkpoint location: safe in any filesystem and object store."""
+    cleaned = re.sub(r"[^A-Za-z0-9._-]", "_", text).strip(".")
+    return cleaned or "_"

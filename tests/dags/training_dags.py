@@ -33,6 +33,7 @@ with DAG(
         train_uri="{{ params.train_uri }}",
         custom_config={"marker_dir": "{{ params.marker_dir }}"},
         workers=2,
+        worker_restarts=0,  # a killed worker fails the task at once (no local restart)
         retries=0,
     )
 

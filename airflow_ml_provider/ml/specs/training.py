@@ -99,6 +99,49 @@ class TrainingInputs(StepSpec):
         }
 
 
+@dataclass(frozen=True, kw_only=True)
+class CheckpointSettings:
+    """
+    The ``checkpoint`` key of a ``train_model`` spec: where the gang keeps its training state.
+
+    :param every: ``"epoch"`` (at the end of every epoch) or an int N > 0 (every N training steps;
+        Keras then resumes mid-epoch at the checkpoint's step, reading that epoch's data from its
+        start).
+    :param uri: a directory shared by the workers (a local path or an fsspec URI) for this task
+        instance's checkpoints; null keeps them in the task's MLflow run, under ``checkpoints/``.
+    """
+
+    every: str | int = "epoch"
+    uri: str | None = None
+
+    @classmethod
+    def read(cls, read: Reader, key: str = "checkpoint") -> CheckpointSettings | None:
+        """The settings, or None when the key is missing or null (no checkpoints)."""
+        given = read.get(key)
+        if given is None:
+            return None
+        if not isinstance(given, dict):
+            raise read.error(
+                key, f'must be a dict {{"every": "epoch" | int, "uri": str | null}}, got {given!r}.'
+            )
+        unknown = sorted(set(given) - {"every", "uri"})
+        if unknown:
+            raise read.error(key, f"has unknown keys {unknown}; allowed: ['every', 'uri'].")
+        every = given.get("every", "epoch")
+        if every != "epoch" and (not is_int(every) or every < 1):
+            raise read.error(
+                f"{key}.every", f"must be 'epoch' or an int > 0 (training steps), got {every!r}."
+            )
+        uri = given.get("uri")
+        if uri is not None and (not isinstance(uri, str) or not uri.strip()):
+            raise read.error(
+                f"{key}.uri",
+                f"must be a directory shared by the workers (path or fsspec URI), or null for the "
+                f"task's MLflow run, got {uri!r}.",
+            )
+        return cls(every=every, uri=uri)
+
+
 def optional_seed(read: Reader) -> int | None:
     seed = read.get("seed")
     if seed is not None and not is_int(seed):
@@ -123,6 +166,9 @@ class TrainModelSpec(TrainingInputs):
         ``models:/m-...``) or a local SavedModel directory to start from.
     :param mlflow: the task's MLflow run (:class:`MlflowTarget`); the chief logs into it.
     :param seed: random seed set in every worker before ``run_fn``.
+    :param checkpoint: checkpoints and resume (:class:`CheckpointSettings`), or null for none:
+        every worker restores the last complete checkpoint before ``run_fn``, and the backup
+        callback of ``ctx.callbacks()`` saves one as often as it says.
     """
 
     step = "train_model"
@@ -135,6 +181,7 @@ class TrainModelSpec(TrainingInputs):
     warm_start_from: str | None = None
     mlflow: MlflowTarget = field(default_factory=MlflowTarget)
     seed: int | None = None
+    checkpoint: CheckpointSettings | None = None
 
     @classmethod
     def _values(cls, spec: dict[str, Any]) -> dict[str, Any]:
@@ -146,6 +193,14 @@ class TrainModelSpec(TrainingInputs):
         strategy = read.get("strategy", "one_device")
         if strategy not in STRATEGIES:
             raise ValueError(f"{cls.step}: strategy {strategy!r} is not one of {', '.join(STRATEGIES)}.")
+        mlflow = MlflowTarget.read(read)
+        checkpoint = CheckpointSettings.read(read)
+        if checkpoint is not None and checkpoint.uri is None and not mlflow.run_id:
+            raise read.error(
+                "checkpoint.uri",
+                "is null, which keeps the checkpoints in the task's MLflow run, but the spec names no "
+                "mlflow.run_id; give checkpoint.uri (a directory the workers share) or the run.",
+            )
         return {
             **cls._input_values(read),
             "train_uri": train_uri,
@@ -154,6 +209,7 @@ class TrainModelSpec(TrainingInputs):
             "strategy": strategy,
             "model_dir": read.text("model_dir"),
             "warm_start_from": read.text("warm_start_from"),
-            "mlflow": MlflowTarget.read(read),
+            "mlflow": mlflow,
             "seed": optional_seed(read),
+            "checkpoint": checkpoint,
         }

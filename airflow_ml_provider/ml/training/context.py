@@ -15,6 +15,12 @@ The DAG author writes, in a module of their own::
 The same function runs in every worker of the gang; ``ctx.role`` says which one this is. Only the
 chief logs to MLflow (``ctx.log_metrics`` and the callbacks do nothing elsewhere), so workers never
 open runs of their own.
+
+When the task checkpoints (``checkpoint_every``), ``ctx.callbacks()`` also holds the backup
+callback: ``fit`` resumes at the epoch of the last complete checkpoint (``ctx.resumed_from``) after
+a restart or a retry. A loop of your own restores from ``ctx.checkpoint_dir`` (the checkpoint is
+there before ``run_fn`` starts) and, after writing a checkpoint there, calls
+``ctx.commit_checkpoint(epoch=...)``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from airflow_ml_provider.ml.specs.training import TrainingInputs
+    from airflow_ml_provider.ml.training.checkpoint import TrainingCheckpoints
 
 log = logging.getLogger(__name__)
 
@@ -141,6 +148,7 @@ class TrainingContext:
     :param seed: the random seed set before ``run_fn`` ran, if any.
     :param trial_number: the tuning trial this run is, or None in a training task.
     :param epoch_hooks: called with ``(epoch, metrics)`` after every epoch by :meth:`callbacks`.
+    :param checkpoints: this worker's side of the task's checkpoints, or None when it takes none.
     """
 
     train_uri: str
@@ -160,6 +168,7 @@ class TrainingContext:
     tracker: ChiefTracker = field(default_factory=lambda: ChiefTracker(None, enabled=False), repr=False)
     trial_number: int | None = None
     epoch_hooks: list[EpochHook] = field(default_factory=list, repr=False)
+    checkpoints: TrainingCheckpoints | None = field(default=None, repr=False)
 
     @classmethod
     def from_spec(cls, spec: TrainingInputs, **worker: Any) -> TrainingContext:
@@ -227,9 +236,47 @@ class TrainingContext:
         tf_keras callbacks for ``fit``: every epoch's metrics go to MLflow (chief only).
 
         In a tuning trial they also report the tuned metric after every epoch, which is what lets
-        the pruner stop an unpromising trial early.
+        the pruner stop an unpromising trial early. When the task checkpoints, a
+        ``BackupAndRestore`` saves the training state as often as it asks and uploads it; ``fit``
+        then starts at the epoch of the checkpoint it resumed from (one ``fit`` per ``run_fn``).
         """
-        return [_epoch_logger(self.tracker, prefix, self.epoch_hooks)]
+        callbacks = [_epoch_logger(self.tracker, prefix, self.epoch_hooks)]
+        if self.checkpoints is not None:
+            # After the logger: an epoch's metrics are logged before its checkpoint makes it final.
+            callbacks.append(self.checkpoints.keras_callback())
+        return callbacks
+
+    @property
+    def checkpoint_dir(self) -> str | None:
+        """
+        This worker's local checkpoint directory, or None when the task takes no checkpoints.
+
+        It holds the checkpoint training resumes from when ``run_fn`` starts (see
+        :attr:`resumed_from`); the backup callback of :meth:`callbacks` writes its checkpoints there.
+        """
+        return str(self.checkpoints.checkpoint_dir) if self.checkpoints is not None else None
+
+    @property
+    def resumed_from(self) -> dict[str, int] | None:
+        """
+        Where training resumes: ``{"epoch": e, "step": s}`` (start at epoch ``e``, 0-based, after
+        ``s`` training steps), or None when it starts from scratch.
+        """
+        checkpoints = self.checkpoints
+        return dict(checkpoints.resumed_from) if checkpoints and checkpoints.resumed_from else None
+
+    def commit_checkpoint(self, epoch: int, step: int = 0) -> None:
+        """
+        For a training loop of your own: the checkpoint now in :attr:`checkpoint_dir` is complete.
+
+        Call it in every worker after each save; the chief uploads it (the last complete upload is
+        what a restarted gang resumes from). Without ``checkpoint_every`` it does nothing.
+
+        :param epoch: the epoch a resumed run starts at (after the end of epoch 2: 3).
+        :param step: the training steps done so far.
+        """
+        if self.checkpoints is not None:
+            self.checkpoints.commit(epoch=epoch, step=step)
 
     def load_warm_start(self, model: Any) -> bool:
         """

@@ -4,6 +4,7 @@ A ``run_fn`` for the demo churn datasets (``generate_dataset``): the template fo
 Reference it as ``"airflow_ml_provider.ml.training.demo:run_fn"``. Hyperparameters (all optional):
 ``epochs`` (5), ``batch_size`` (global, split across replicas: 256), ``learning_rate`` (0.01),
 ``hidden_units`` (32). Without ``eval_uri`` it holds out 20 % of the training rows (fixed seed).
+With ``checkpoint_every``, ``ctx.callbacks()`` makes ``fit`` resume at the last checkpoint's epoch.
 """
 
 from __future__ import annotations

@@ -7,6 +7,11 @@ or derived here from a Kubernetes Indexed Job's environment) tells each one its 
 the other workers export to a temporary directory (saving can involve collective ops, so every
 worker takes part) that is deleted at once.
 
+With checkpoints (the spec's ``checkpoint`` key, :mod:`~airflow_ml_provider.ml.training.checkpoint`)
+every worker first restores the last complete checkpoint of the task instance, so that ``fit``
+resumes where a killed gang or an earlier try stopped; the chief records the resume in the MLflow
+run and, once the model is logged, marks the checkpoints finished.
+
 Spec: :class:`~airflow_ml_provider.ml.specs.TrainModelSpec`, as a JSON dict.
 """
 
@@ -266,6 +271,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         warm = settings.warm_start_from
         warm_path = resolve_warm_start(warm, f"{workdir}/warm", target.tracking_uri) if warm else None
         model_dir = settings.model_dir if role.is_chief and settings.model_dir else f"{workdir}/model"
+        checkpoints = _restore_checkpoints(settings, role, f"{workdir}/backup", tracker)
         ctx = TrainingContext.from_spec(
             settings,
             hyperparameters=dict(settings.hyperparameters),
@@ -277,6 +283,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             mlflow_run_id=target.run_id,
             seed=settings.seed,
             tracker=tracker,
+            checkpoints=checkpoints,
         )
         log.info(
             "Worker %d of %d (%s): strategy %s with %d replica(s) in sync, run_fn %s",
@@ -288,9 +295,35 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
             settings.run_fn,
         )
         model, seconds = _run_user_fn(ctx, settings.run_fn)
-        return _finish(settings, ctx, model, seconds, tracker)
+        result = _finish(settings, ctx, model, seconds, tracker)
+        if checkpoints is not None:
+            checkpoints.finish()  # after the model is logged: a retry before that resumes
+        return result
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _restore_checkpoints(spec: TrainModelSpec, role: WorkerRole, backup_dir: str, tracker: Any) -> Any:
+    """
+    This worker's checkpoints, the last complete one restored into ``backup_dir``; None without.
+
+    :param spec: the parsed spec (its ``checkpoint`` and ``mlflow`` keys).
+    :param role: this worker's place in the gang (the chief uploads and records).
+    :param backup_dir: the worker's local backup directory.
+    :param tracker: the chief's MLflow tracker, where a resume is recorded.
+    """
+    if spec.checkpoint is None:
+        return None
+    from airflow_ml_provider.ml.training.checkpoint import TrainingCheckpoints, open_store, record_resume
+
+    store = open_store(spec.checkpoint, spec.mlflow.run_id, spec.mlflow.tracking_uri)
+    checkpoints = TrainingCheckpoints(store, backup_dir, every=spec.checkpoint.every, is_chief=role.is_chief)
+    resumed = checkpoints.restore()
+    if resumed is not None:
+        count = record_resume(tracker, resumed)
+        if count:
+            log.info("Resume %d of MLflow run %s, at epoch %d", count, tracker.run_id, resumed["epoch"])
+    return checkpoints
 
 
 SAVED_MODEL_ENTRIES = {
@@ -317,6 +350,15 @@ def _clear_model_dir(path: Path) -> None:
     shutil.rmtree(path)
 
 
+def _epochs(model: Any, history: dict[str, list[Any]], resumed_from: dict[str, int] | None) -> int:
+    """How many epochs the model was trained for, those before the checkpoint it resumed from too."""
+    ran = list(getattr(getattr(model, "history", None), "epoch", None) or [])
+    if ran:
+        return int(max(ran)) + 1  # fit numbers a resumed run's epochs from the checkpoint's
+    done = max((len(v) for v in history.values()), default=0)
+    return max(done, resumed_from["epoch"]) if resumed_from else done
+
+
 def _finish(spec: TrainModelSpec, ctx: Any, model: Any, seconds: float, tracker: Any) -> dict[str, Any]:
     """Export (every worker; only the chief's is kept), then log from the chief."""
     if model is not None:
@@ -334,6 +376,7 @@ def _finish(spec: TrainModelSpec, ctx: Any, model: Any, seconds: float, tracker:
         "strategy": ctx.strategy_name,
         "replicas": int(ctx.strategy.num_replicas_in_sync),
         "train_seconds": round(seconds, 3),
+        "resumed_from": ctx.resumed_from,
     }
     if not ctx.is_chief:
         return result
@@ -343,7 +386,7 @@ def _finish(spec: TrainModelSpec, ctx: Any, model: Any, seconds: float, tracker:
         {
             "saved_model_dir": ctx.model_dir if spec.model_dir else None,
             "final_metrics": final,
-            "epochs": max((len(v) for v in history.values()), default=0),
+            "epochs": _epochs(model, history, ctx.resumed_from),
             "warm_started_from": spec.warm_start_from,
         }
     )

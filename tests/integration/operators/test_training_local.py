@@ -3,7 +3,8 @@ DistributedTrainingOperator with the local launcher: real TensorFlow worker proc
 
 The example DAG trains the demo classifier on two workers (MultiWorkerMirroredStrategy over
 localhost); a one-worker run of the same job must agree with it; the pods' entrypoint, run as
-local processes, fine-tunes that model by warm start.
+local processes, fine-tunes that model by warm start; a gang whose worker dies restarts and resumes
+from its checkpoint.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from support.harness import load_dag, run_dag, task_states, task_xcom
 from support.pod_player import pod_command, pod_env
 from support.step_env import run_in_step_env
 
+from airflow_ml_provider.ml.training.checkpoint import TAG_RESUMED_FROM_EPOCH, TAG_RESUMES
 from airflow_ml_provider.ml.training.cluster import local_cluster
 from airflow_ml_provider.runners.kubernetes_objects import (
     SPEC_ANNOTATION,
@@ -243,3 +245,31 @@ def test_pod_entrypoint_trains_as_a_gang_warm_started_and_only_the_chief_logs(
     models = mlflow_client.search_logged_models(experiment_ids=[experiment])
     assert [m.model_id for m in models] == [chief["model_uri"].removeprefix("models:/")]
     assert Path(spec_file).read_text() == json.dumps(spec, sort_keys=True)
+
+
+def test_a_worker_that_dies_restarts_the_gang_which_resumes_from_its_checkpoint(
+    airflow_db, mlflow_conn, mlflow_client, tmp_path, capfd
+):
+    """
+    The operator with ``checkpoint_every="epoch"``: worker 1 kills itself in epoch 3 (once), the
+    local gang restarts (``worker_restarts=1``) and resumes from the task's MLflow run.
+    tests/integration/ml/test_checkpoint_resume.py checks the training itself.
+    """
+    records = tmp_path / "records"
+    records.mkdir()
+    dag_run = run_dag(
+        load_dag("training_resumes_from_checkpoint"),
+        conf={"record_dir": str(records), "marker": str(tmp_path / "killed")},
+    )
+    train = task_xcom(dag_run, "train")
+    assert train["resumed_from"] == {"epoch": 3, "step": 78}
+    assert train["epochs"] == 6 and train["workers"] == 2
+    tags = mlflow_client.get_run(train["mlflow_run_id"]).data.tags
+    assert (tags[TAG_RESUMED_FROM_EPOCH], tags[TAG_RESUMES]) == ("3", "1")
+    output = capfd.readouterr()
+    text = output.out + output.err
+    assert (
+        "Worker 1 of 2 failed (exit code -9, killed by SIGKILL): the gang restarts from its last checkpoint (restart 1 of 1)"
+        in text
+    )
+    assert "Training resumed from its checkpoint at {'epoch': 3, 'step': 78}" in text

@@ -33,6 +33,30 @@ GANG_STEPS = """
             raise RuntimeError(f"worker {index} broke")
         time.sleep(spec.get("sleep", 0))
         return {"index": index}
+
+    def always_restart(spec):
+        from airflow_ml_provider.ml.exit_codes import GangRestart
+
+        raise GangRestart("never gets better")
+
+    def die_once(spec):
+        # Worker spec["worker"] fails the first time (spec["how"]: signal, restart or error), then works.
+        import signal
+        from airflow_ml_provider.ml.exit_codes import GangRestart
+
+        index = json.loads(os.environ["TF_CONFIG"])["task"]["index"]
+        with Path(spec["dir"], f"tf_config-{index}").open("a") as out:
+            print(os.environ["TF_CONFIG"], file=out)
+        marker = Path(spec["dir"], "died")
+        if index == spec["worker"] and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            if spec["how"] == "signal":
+                os.kill(os.getpid(), signal.SIGKILL)
+            if spec["how"] == "restart":
+                raise GangRestart("the peer went away")
+            raise RuntimeError("a bug in the code")
+        time.sleep(spec.get("sleep", 0))
+        return {"index": index}
 """
 
 
@@ -131,6 +155,78 @@ def test_tf_config_is_what_the_workers_see(tmp_path, gang_env):
     envs = worker_environments(cluster)
     assert [json.loads(e["TF_CONFIG"])["task"]["index"] for e in envs] == [0, 1]
     assert os.environ.get("TF_CONFIG") is None  # nothing leaks into this process
+
+
+def _addresses(folder: Path, index: int) -> list[list[str]]:
+    lines = (folder / f"tf_config-{index}").read_text().splitlines()
+    return [json.loads(line)["cluster"]["worker"] for line in lines]
+
+
+@pytest.mark.parametrize(("how", "code"), [("signal", "-9"), ("restart", "75")])
+def test_a_transient_failure_restarts_the_whole_gang_with_fresh_ports(
+    tmp_path, gang_env, collected, how, code
+):
+    logger, lines = collected
+    gang = GangRunner(worker_environments(local_cluster(2)), env=gang_env, restarts=2)
+    spec = {"dir": str(tmp_path), "worker": 1, "how": how}
+    assert gang.run_all("gang_user_steps:die_once", spec, logger=logger) == [{"index": 0}, {"index": 1}]
+    warnings = [line for line in lines.lines if line.startswith("Worker ")]
+    assert warnings == [
+        f"Worker 1 of 2 failed (exit code {code}{', killed by SIGKILL' if how == 'signal' else ''}): "
+        "the gang restarts from its last checkpoint (restart 1 of 2)"
+    ]
+    first, second = _addresses(tmp_path, 1)
+    assert first != second  # fresh TF_CONFIG ports: the old ones may still be held
+    assert _addresses(tmp_path, 0)[-1] == second
+
+
+def test_a_restart_names_the_lost_peer_in_one_line(tmp_path, gang_env, collected):
+    logger, lines = collected
+    gang = GangRunner(worker_environments(local_cluster(2)), env=gang_env, restarts=1)
+    gang.run_all(
+        "gang_user_steps:die_once", {"dir": str(tmp_path), "worker": 0, "how": "restart"}, logger=logger
+    )
+    said = [line for line in lines.lines if "error: step gang_user_steps:die_once" in line]
+    assert said == [
+        "[worker 0] [step gang_user_steps:die_once] error: step gang_user_steps:die_once asked for a gang "
+        "restart (GangRestart: the peer went away); the gang restarts from its last checkpoint"
+    ]
+
+
+@pytest.mark.parametrize(("how", "restarts"), [("error", 2), ("signal", 0)])
+def test_an_application_error_or_no_restarts_left_stops_the_gang_at_once(
+    tmp_path, gang_env, collected, how, restarts
+):
+    logger, lines = collected
+    gang = GangRunner(worker_environments(local_cluster(2)), env=gang_env, restarts=restarts)
+    spec = {"dir": str(tmp_path), "worker": 1, "how": how, "sleep": 120}
+    started = time.monotonic()
+    with pytest.raises(StepFailed, match="Worker 1 of 2 failed, so the gang was stopped: ") as info:
+        gang.run_all("gang_user_steps:die_once", spec, logger=logger)
+    assert time.monotonic() - started < 30
+    assert info.value.returncode == (1 if how == "error" else -9)
+    assert not [line for line in lines.lines if "restarts" in line]
+    assert len(_addresses(tmp_path, 1)) == 1  # started once
+
+
+def test_restarts_run_out(tmp_path, gang_env, collected):
+    logger, _ = collected
+    calls: list[int] = []
+
+    def envs() -> list[dict[str, str]]:  # a callable: the environments of each run of the gang
+        calls.append(1)
+        return worker_environments(local_cluster(2))
+
+    gang = GangRunner(envs, env=gang_env, restarts=1)
+    with pytest.raises(StepFailed, match=r"failed, so the gang was stopped \(after 1 restart\): ") as info:
+        gang.run_all("gang_user_steps:always_restart", {}, logger=logger)
+    assert info.value.returncode == 75
+    assert len(calls) == 2
+
+
+def test_restarts_must_be_a_count():
+    with pytest.raises(ValueError, match="restarts must be an int >= 0, got -1"):
+        GangRunner([{}], restarts=-1)
 
 
 # A real MultiWorkerMirroredStrategy gang runs in tests/integration/operators/test_training_local.py

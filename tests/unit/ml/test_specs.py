@@ -124,6 +124,7 @@ VALID: dict[str, dict[str, Any]] = {
         "warm_start_from": "models:/churn@champion",
         "mlflow": {**MLFLOW, "tracking_uri": "http://mlflow:5000"},
         "seed": 7,
+        "checkpoint": {"every": "epoch", "uri": "/tmp/ml-specs/checkpoints"},
     },
     "evaluate_model": {
         "candidate_model_uri": "models:/m-abc",
@@ -277,6 +278,8 @@ BAD: list[tuple[str, str, Any]] = [
     ("train_model", "mlflow", "0a1b2c"),
     ("train_model", "mlflow", {"run_id": 1}),
     ("train_model", "seed", 1.5),
+    ("train_model", "checkpoint", {"every": 0}),
+    ("train_model", "checkpoint", "epoch"),
     ("evaluate_model", "candidate_model_uri", ""),
     ("evaluate_model", "data_uri", 3),
     ("evaluate_model", "output_dir", None),
