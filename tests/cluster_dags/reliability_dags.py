@@ -10,6 +10,10 @@ They live outside ``tests/dags`` so that ``load_dag`` in other tests never parse
   promotion with the version registered and the alias move claimed but not made.
 * ``reliability_concurrent``: evaluate a given candidate against the champion, then promote.
 * ``reliability_watch``: one DAG on 20 assets, each watched by a ``DatasetVersionTrigger``.
+* ``reliability_durable``: one step in a pod (the test's fake Kubernetes API plays it), waited for
+  in the task process (not deferred), with one retry: the test SIGKILLs the task process once the
+  pod has finished, and the retry must take the result of that Job (Airflow 3.3's task state
+  store) instead of starting another.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from support.model_fixtures import EVAL_CONFIG
 
 from airflow_ml_provider.operators.evaluation import ModelEvaluationOperator
 from airflow_ml_provider.operators.promotion import PromoteModelOperator
+from airflow_ml_provider.operators.step import MLStepOperator
 from airflow_ml_provider.operators.training import DistributedTrainingOperator
 from airflow_ml_provider.operators.validation import DataValidationOperator
 from airflow_ml_provider.triggers.dataset import DatasetVersionTrigger
@@ -146,3 +151,22 @@ with DAG(
     max_active_runs=4,
 ):
     EmptyOperator(task_id="consume")
+
+with DAG(
+    dag_id="reliability_durable",
+    schedule=None,
+    params={"payload": ""},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=1)},
+):
+    MLStepOperator(
+        task_id="echo_in_pod",
+        step="echo",
+        spec={"payload": "{{ params.payload }}"},
+        placement="pod",
+        image="registry.example.com/ml/airflow-ml-steps:test",
+        namespace="ml-durable",
+        deferrable=False,
+        # The first poll sees the pod running; the next would come long after the test's kill.
+        poll_interval=600,
+        start_timeout=600,
+    )

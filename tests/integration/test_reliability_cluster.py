@@ -10,7 +10,10 @@ own PostgreSQL database, a real ``mlflow server``, the DAGs of ``tests/cluster_d
 * five DAG runs evaluate and promote at once: the champion moves along one chain and never to a
   worse model;
 * 200 dataset versions land across 20 watched assets while five assets' storage fails and the
-  triggerer is SIGKILLed: every version becomes exactly one asset event, consumed by one DAG run.
+  triggerer is SIGKILLed: every version becomes exactly one asset event, consumed by one DAG run;
+* a task waiting for its pod (not deferred) is SIGKILLed after the pod finished: the retry takes
+  that Job's result through Airflow's task state store and starts no second Job (the pods are the
+  test's fake Kubernetes API, played as real local processes).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import pytest
 import requests
 from steps_for_tests import PAUSE_DIR_ENV, pause_marker
 from support.cluster import AirflowCluster
+from support.fake_kubernetes import FakeKubernetes
 from support.harness import DATABASE_URL_ENV, MlflowServer, log_problems, postgres_base_url
 from support.model_fixtures import churn_version, log_churn_model
 
@@ -45,8 +49,11 @@ QUALITY = {"weak": 0, "medium": 1, "good": 2}
 
 
 class Env:
-    def __init__(self, cluster: AirflowCluster, work: Path, mlflow_server: MlflowServer) -> None:
+    def __init__(
+        self, cluster: AirflowCluster, work: Path, mlflow_server: MlflowServer, kube: FakeKubernetes
+    ) -> None:
         self.cluster = cluster
+        self.kube = kube
         self.work = work
         self.pause_dir = work / "pauses"
         self.watch_root = work / "watched"
@@ -102,10 +109,18 @@ def env(tmp_path_factory: pytest.TempPathFactory, mlflow_server: MlflowServer) -
         "MLFLOW_LOG_UV_FILES": "false",
         "AIRFLOW_ML_SCRATCH_DIR": str(work / "scratch"),
     }
-    with AirflowCluster(work / "cluster", dags, env=extra_env, parallelism=6) as cluster:
+    with (
+        FakeKubernetes() as kube,
+        AirflowCluster(
+            work / "cluster",
+            dags,
+            env={**extra_env, "AIRFLOW_CONN_KUBERNETES_DEFAULT": kube.connection_json()},
+            parallelism=6,
+        ) as cluster,
+    ):
         cluster.start()
         cluster.wait_dag_parsed("reliability_watch", watchers=_watchers(), timeout=180)
-        yield Env(cluster, work, mlflow_server)
+        yield Env(cluster, work, mlflow_server, kube)
 
 
 def _watchers() -> list[str]:
@@ -520,4 +535,60 @@ def test_200_versions_across_20_assets_with_storage_faults_and_a_triggerer_kill(
         f"200 versions across 20 assets; {FAULTY_ASSETS} roots failing (ELOOP) across a triggerer"
         f" SIGKILL ({down:.0f} s down): 200 asset events (0 missed, 0 twice),"
         f" each consumed by 1 of {len(runs)} DAG runs",
+    )
+
+
+# -- 4. durable: a worker crash after the pod finished ---------------------------------------------
+
+
+def test_a_task_killed_after_its_pod_finished_takes_that_jobs_result_on_retry(
+    env: Env, mlflow_client: Any, record_property: Any
+):
+    from support.pod_player import PodPlayer
+
+    from airflow_ml_provider.runners.kubernetes_objects import gang_name
+
+    dag_id, namespace, payload = "reliability_durable", "ml-durable", uuid.uuid4().hex
+    player = PodPlayer(env.kube, namespace, env.work / "durable-pods")
+    run_id = env.trigger(dag_id, {"payload": payload})
+    name = gang_name(dag_id, run_id, "echo_in_pod")
+
+    def polled() -> bool:  # the task's wait read the pods once: its next poll is 600 s away
+        return any(r.path.endswith(f"/namespaces/{namespace}/pods") for r in env.kube.recorded("GET", "pods"))
+
+    env.cluster.wait_for(polled, timeout=300, interval=0.5, what="the task's first poll of its pod")
+    player.play_next().join(timeout=300)
+    assert not player.errors, player.errors
+    assert player.played == [name]
+    assert env.kube.jobs[(namespace, name)]["status"].get("succeeded") == 1
+    ti = env.task_instance(dag_id, run_id, "echo_in_pod")
+    assert (ti["state"], ti["try_number"]) == ("running", 1), ti
+    pid = env.cluster.wait_for(lambda: task_process(str(ti["id"])), timeout=10, what="the task process")
+    os.kill(pid, signal.SIGKILL)
+
+    (state,) = env.wait_finished(dag_id, [run_id], timeout=300).values()
+    ti = env.task_instance(dag_id, run_id, "echo_in_pod")
+    assert (state, ti["state"], ti["try_number"]) == ("success", "success", 2), (state, ti)
+    # One Job: try 2 found try 1's (by the uid it stored) finished, and took its result.
+    created = [r for r in env.kube.recorded("POST", "jobs") if r.body["metadata"]["name"] == name]
+    deleted = [r for r in env.kube.recorded("DELETE", "jobs") if r.path.endswith(f"/{name}")]
+    assert (len(created), len(deleted)) == (1, 0), (created, deleted)
+    assert task_log_problems(env.cluster, dag_id, run_id, {"echo_in_pod": 2}) == {}
+    log_text = (
+        env.cluster.home
+        / "logs"
+        / f"dag_id={dag_id}"
+        / f"run_id={run_id}"
+        / "task_id=echo_in_pod"
+        / "attempt=2.log"
+    ).read_text()
+    assert "already" in log_text and name in log_text, log_text[-3000:]
+    experiment = mlflow_client.get_experiment_by_name(dag_id)
+    (task_run,) = mlflow_client.search_runs(
+        [experiment.experiment_id], f"tags.`airflow.run_id` = '{run_id}' and tags.`airflow.role` = 'task'"
+    )
+    assert (task_run.info.status, task_run.data.tags["airflow.try_number"]) == ("FINISHED", "2")
+    record_property(
+        "measured",
+        "task SIGKILLed after its pod finished; try 2 took the Job's result: 1 Job created, 0 deleted",
     )
