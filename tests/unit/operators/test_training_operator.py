@@ -79,8 +79,8 @@ def test_pod_settings_carry_no_credentials_only_the_secret_reference():
 
 def test_kubernetes_example_parses_and_builds_valid_manifests():
     from airflow.dag_processing.dagbag import DagBag
-    from support.pod_player import KUBERNETES_VERSIONS, check_against_openapi_schema
     from kubernetes.client import ApiClient, V1Job, V1Service
+    from support.pod_player import KUBERNETES_VERSIONS, check_against_openapi_schema
 
     from airflow_ml_provider.runners.kubernetes_objects import gang_name, headless_service, indexed_job
 
