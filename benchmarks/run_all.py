@@ -67,6 +67,7 @@ BENCHMARKS = (
     Benchmark("validation", ("--repeat", "1", "--skip-beam", "--skip-5m")),
     Benchmark("freshness", ("--versions", "12", "--burst", "4", "--settle", "60", "--skip-scale")),
     Benchmark("training", ("--rows", "20000", "--epochs", "2")),
+    Benchmark("checkpoint_resume", ("--rows", "10000", "--rounds", "1")),
     Benchmark("evaluation", ("--rows", "20000", "--large-rows", "100000", "--repeat", "1", "--skip-beam")),
     Benchmark("tuning", ("--seeds", "2", "--trials", "12", "--rows", "10000")),
     Benchmark("cache", ("--rows", "2000", "--epochs", "1")),
