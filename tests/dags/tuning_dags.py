@@ -49,7 +49,8 @@ with _dag("tuning_bad_space") as bad_space:
     )
 
 with _dag("tuning_retry") as retry:
-    _tune("tune", "dies_once", workers=2, retries=1, retry_delay=timedelta(seconds=0))
+    # worker_restarts=0: the task's retry (not a restart of the gang within the try) resumes the study
+    _tune("tune", "dies_once", workers=2, retries=1, retry_delay=timedelta(seconds=0), worker_restarts=0)
 
 with _dag("tuning_mapped") as mapped:
     parallel_tuning(
