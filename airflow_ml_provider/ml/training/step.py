@@ -75,8 +75,15 @@ def import_tensorflow() -> Any:
     return tf
 
 
-def build_strategy(name: str, role: WorkerRole) -> Any:
-    """The ``tf.distribute.Strategy`` called ``name``, for a process in ``role``."""
+def build_strategy(name: str, role: WorkerRole, *, checkpoints: bool = False) -> Any:
+    """
+    The ``tf.distribute.Strategy`` called ``name``, for a process in ``role``.
+
+    With ``checkpoints``, ``one_device`` is TensorFlow's default strategy (one device, no
+    distribution): tf_keras' ``BackupAndRestore`` refuses ``OneDeviceStrategy`` (NotImplementedError)
+    but supports the default one, which places the model on the same device (the first GPU, else
+    the CPU).
+    """
     import tensorflow as tf
 
     if name != "multi_worker_mirrored" and role.workers > 1:
@@ -84,6 +91,8 @@ def build_strategy(name: str, role: WorkerRole) -> Any:
             f"train_model: strategy {name!r} runs in one process, but the gang has {role.workers} "
             "workers; use strategy='multi_worker_mirrored' (or workers=1)."
         )
+    if name == "one_device" and checkpoints:
+        return tf.distribute.get_strategy()
     if name == "one_device":
         gpus = tf.config.list_logical_devices("GPU")
         return tf.distribute.OneDeviceStrategy(gpus[0].name if gpus else "/cpu:0")
@@ -267,7 +276,7 @@ def train(spec: dict[str, Any]) -> dict[str, Any]:
         tf = import_tensorflow()
         if settings.seed is not None:
             tf.keras.utils.set_random_seed(settings.seed)
-        strategy = build_strategy(settings.strategy, role)
+        strategy = build_strategy(settings.strategy, role, checkpoints=settings.checkpoint is not None)
         warm = settings.warm_start_from
         warm_path = resolve_warm_start(warm, f"{workdir}/warm", target.tracking_uri) if warm else None
         model_dir = settings.model_dir if role.is_chief and settings.model_dir else f"{workdir}/model"

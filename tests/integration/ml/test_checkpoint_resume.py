@@ -275,3 +275,24 @@ def test_mlflow_store_an_upload_cut_short_leaves_the_previous_checkpoint_and_fin
     )
     assert again.restore() is None
     assert not any(again.checkpoint_dir.iterdir())
+
+
+def test_one_worker_checkpoints_and_resumes_on_the_default_strategy(tmp_path):
+    """``one_device`` with checkpoints: tf_keras' BackupAndRestore refuses OneDeviceStrategy, so the
+    step uses TensorFlow's default strategy (found by benchmarks/checkpoint_resume.py)."""
+    from airflow_ml_provider.runners import PythonRunner
+
+    store = tmp_path / "store"
+    spec = {**_spec(tmp_path, str(store)), "strategy": "one_device"}
+    spec["custom_config"] = {**spec["custom_config"], "epochs": 2}
+    runner = PythonRunner(warm=True)
+    result = runner.run("train_model", spec)
+    assert (result["epochs"], result["strategy"], result["resumed_from"]) == (2, "one_device", None)
+    assert not store.exists()  # finished: nothing to resume from
+    # A crash after the first epoch, then the same spec again: it resumes at epoch 1.
+    spec["custom_config"]["kill"] = {"worker": 0, "epoch": 1, "batch": 2, "marker": str(tmp_path / "killed")}
+    with pytest.raises(Exception, match="SIGKILL|-9|137"):
+        runner.run("train_model", spec)
+    assert json.loads((store / "latest.json").read_text())["epoch"] == 1
+    result = runner.run("train_model", spec)
+    assert (result["epochs"], result["resumed_from"]) == (2, {"epoch": 1, "step": 26})
