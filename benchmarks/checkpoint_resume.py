@@ -178,7 +178,11 @@ def crash(python: str, spec: dict[str, Any], workdir: Path, env: dict[str, str])
     spec_file.write_text(json.dumps(spec))
     command = [python, "-m", "airflow_ml_provider.ml", "train_model", "--spec", str(spec_file)]
     command += ["--result", str(workdir / "crash-result.json")]
-    return subprocess.run(command, env=env, capture_output=True, timeout=900).returncode
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=900)
+    if done.returncode != -signal.SIGKILL:
+        tail = "\n".join(done.stderr.splitlines()[-15:])
+        raise RuntimeError(f"the crash run ended with exit code {done.returncode}, not SIGKILL:\n{tail}")
+    return done.returncode
 
 
 def check(case: str, item: dict[str, Any], args: argparse.Namespace, client: Any) -> list[str]:
@@ -218,9 +222,7 @@ def run_round(
     runs = {case: new_run(case) for case in CASES}
     folder = workdir / f"checkpoints-r{round_no}"
     crash_spec = spec_for(data, args.epochs, runs[CASES[3]], {"every": "epoch"}, kill_epoch=args.kill_epoch)
-    code = crash(python, crash_spec, workdir, env)
-    if code != -signal.SIGKILL:
-        raise RuntimeError(f"the crash run ended with exit code {code}, not SIGKILL")
+    crash(python, crash_spec, workdir, env)
     plan = [
         {"case": CASES[0], "spec": spec_for(data, args.epochs, runs[CASES[0]], None)},
         {"case": CASES[1], "spec": spec_for(data, args.epochs, runs[CASES[1]], {"every": "epoch"})},
