@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.checkpoint_faults import CutShort
 from support.log_capture import Collect
 
 from airflow_ml_provider.ml.exit_codes import EXIT_RETRY
@@ -222,17 +223,8 @@ def test_workers_that_lose_a_peer_exit_75_and_a_retry_resumes_mid_epoch_from_a_d
 # -- the MLflow store alone ---------------------------------------------------------------------
 
 
-class _CutShort(MlflowRunStore):
+class _CutShort(CutShort, MlflowRunStore):
     """Dies after uploading ``files_before_death`` files (a chief killed mid-upload)."""
-
-    files_before_death: int | None = None
-
-    def put_file(self, local: Path, slot: str, name: str) -> None:
-        if self.files_before_death == 0:
-            raise KeyboardInterrupt("killed mid-upload")
-        super().put_file(local, slot, name)
-        if self.files_before_death is not None:
-            self.files_before_death -= 1
 
 
 def _save(checkpoints: TrainingCheckpoints, content: str, epoch: int) -> None:

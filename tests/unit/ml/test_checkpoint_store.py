@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.checkpoint_faults import CutShort
 
 from airflow_ml_provider.ml.exit_codes import EXIT_FAILED, EXIT_RETRY, GangRestart, lost_peer
 from airflow_ml_provider.ml.specs.training import CheckpointSettings, TrainModelSpec
@@ -119,15 +120,8 @@ def test_two_slots_take_turns_and_every_worker_restores_the_latest(tmp_path):
     assert json.loads((store / "latest.json").read_text())["epoch"] == 3
 
 
-class _CutShort(FsspecStore):
-    files_before_death: int | None = None
-
-    def put_file(self, local: Path, slot: str, name: str) -> None:
-        if self.files_before_death == 0:
-            raise KeyboardInterrupt("killed mid-upload")
-        super().put_file(local, slot, name)
-        if self.files_before_death is not None:
-            self.files_before_death -= 1
+class _CutShort(CutShort, FsspecStore):
+    """Dies after uploading ``files_before_death`` files (a chief killed mid-upload)."""
 
 
 @pytest.mark.parametrize("uploaded", [0, 2, 3])
