@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from support.checkpoint_faults import CutShort
+from support.checkpoint_faults import save as _save
 from support.log_capture import Collect
 
 from airflow_ml_provider.ml.exit_codes import EXIT_RETRY
@@ -225,17 +226,6 @@ def test_workers_that_lose_a_peer_exit_75_and_a_retry_resumes_mid_epoch_from_a_d
 
 class _CutShort(CutShort, MlflowRunStore):
     """Dies after uploading ``files_before_death`` files (a chief killed mid-upload)."""
-
-
-def _save(checkpoints: TrainingCheckpoints, content: str, epoch: int) -> None:
-    folder = checkpoints.checkpoint_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        old.unlink()
-    (folder / "checkpoint").write_text(f'model_checkpoint_path: "ckpt-{epoch}"\n')
-    (folder / f"ckpt-{epoch}.index").write_text(content)
-    (folder / f"ckpt-{epoch}.data-00000-of-00001").write_text(content * 3)
-    checkpoints.commit(epoch=epoch, step=epoch * 10)
 
 
 def test_mlflow_store_an_upload_cut_short_leaves_the_previous_checkpoint_and_finished_is_not_resumed(

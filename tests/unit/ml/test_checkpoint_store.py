@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from support.checkpoint_faults import CutShort
+from support.checkpoint_faults import save as _save
 
 from airflow_ml_provider.ml.exit_codes import EXIT_FAILED, EXIT_RETRY, GangRestart, lost_peer
 from airflow_ml_provider.ml.specs.training import CheckpointSettings, TrainModelSpec
@@ -75,18 +76,6 @@ def test_a_null_uri_keeps_the_checkpoints_in_the_mlflow_run():
 
 
 # -- a shared directory as the store ------------------------------------------------------------
-
-
-def _save(checkpoints: TrainingCheckpoints, content: str, epoch: int) -> None:
-    """What BackupAndRestore leaves in the chief's folder after a save (max_to_keep=1)."""
-    folder = checkpoints.checkpoint_dir
-    folder.mkdir(parents=True, exist_ok=True)
-    for old in folder.iterdir():
-        old.unlink()
-    (folder / "checkpoint").write_text(f'model_checkpoint_path: "ckpt-{epoch}"\n')
-    (folder / f"ckpt-{epoch}.index").write_text(content)
-    (folder / f"ckpt-{epoch}.data-00000-of-00001").write_text(content * 3)
-    checkpoints.commit(epoch=epoch, step=epoch * 10)
 
 
 def _worker(store: Any, tmp: Path, name: str, *, chief: bool = False) -> TrainingCheckpoints:
